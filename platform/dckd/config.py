@@ -1,0 +1,461 @@
+"""Experiment configuration: pydantic v2 models, YAML loading and ``--set`` overrides.
+
+Everything a run does is declared here, so a bad value is refused before any work starts,
+with the file and the dotted field path in the message. The defaults are the authors'
+released configuration (see ../shared/notes/reference-implementation.md); the paper-only
+variants are named options.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from dckd.errors import ConfigError
+from dckd.vqgan import VQGANSpec
+
+
+def _must_exist(value: str) -> str:
+    """Local paths must exist when the config is read; remote URIs are checked when used."""
+    if "://" not in value and not Path(value).expanduser().exists():
+        raise ValueError(f"path does not exist: {value}")
+    return value
+
+
+ExistingPath = Annotated[str, AfterValidator(_must_exist)]
+NonNegative = Annotated[float, Field(ge=0.0)]
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- models
+class ModelSpec(Strict):
+    """A network: a preset name from ``dckd models`` and/or explicit architecture arguments."""
+
+    preset: str | None = None
+    backbone: Literal["swinir", "rcan", "nafnet", "restormer"] | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+    checkpoint: ExistingPath | None = None
+    checkpoint_key: str | None = Field(
+        default=None, description="state-dict key inside the file; default params_ema, then params"
+    )
+
+    @model_validator(mode="after")
+    def _preset_or_backbone(self) -> ModelSpec:
+        if self.preset is None and self.backbone is None:
+            raise ValueError("give either 'preset' (see `dckd models`) or 'backbone' with 'args'")
+        if self.preset is not None:
+            from dckd.models import PRESETS
+
+            if self.preset not in PRESETS:
+                names = ", ".join(sorted(PRESETS))
+                raise ValueError(f"unknown preset {self.preset!r}; known presets: {names}")
+            if self.backbone is not None and self.backbone != PRESETS[self.preset].backbone:
+                raise ValueError(
+                    f"backbone {self.backbone!r} contradicts preset {self.preset!r} "
+                    f"({PRESETS[self.preset].backbone})"
+                )
+        return self
+
+    @property
+    def resolved_backbone(self) -> str:
+        if self.backbone is not None:
+            return self.backbone
+        from dckd.models import PRESETS
+
+        return PRESETS[self.preset].backbone  # type: ignore[index]
+
+    @property
+    def preset_scale(self) -> int | None:
+        if self.preset is None:
+            return None
+        from dckd.models import PRESETS
+
+        return PRESETS[self.preset].scale
+
+
+# --------------------------------------------------------------------------- data
+class TrainDataConfig(Strict):
+    """Training pairs: SR from an HR folder (LR read or generated), others from two folders."""
+
+    hr_dir: ExistingPath | None = None
+    lr_dir: ExistingPath | None = None
+    input_dir: ExistingPath | None = None
+    target_dir: ExistingPath | None = None
+    lq_patch: int = Field(default=48, ge=4, description="LR patch side; the GT patch is lq_patch*scale")
+    hflip: bool = True
+    rot: bool = True
+    cache_in_memory: bool = False
+    num_workers: int = Field(default=0, ge=0)
+
+
+class BenchmarkConfig(Strict):
+    """A benchmark set scored on whole images (SR: HR folder, LR folder or generated)."""
+
+    name: str = Field(min_length=1)
+    hr_dir: ExistingPath | None = None
+    lr_dir: ExistingPath | None = None
+    input_dir: ExistingPath | None = None
+    target_dir: ExistingPath | None = None
+
+
+class DataConfig(Strict):
+    train: TrainDataConfig
+    val: list[BenchmarkConfig] = Field(default_factory=list)
+    test: list[BenchmarkConfig] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- method
+class TermConfig(Strict):
+    """A loss term: switched on or off and weighted. ``enabled`` defaults from the method preset."""
+
+    enabled: bool | None = None
+    weight: NonNegative = 1.0
+
+
+class DegradationConfig(Strict):
+    """The DCR degradation module; probabilities are per degraded copy (noise-only as released)."""
+
+    type: Literal["noise", "blur", "resize", "mix", "custom"] = "noise"
+    blur_prob: float = Field(default=0.0, ge=0.0, le=1.0)
+    resize_prob: float = Field(default=0.0, ge=0.0, le=1.0)
+    noise_prob: float = Field(default=1.0, ge=0.0, le=1.0)
+    blur_kernel_sizes: list[int] = Field(default_factory=lambda: [3, 5, 7, 9, 11], min_length=1)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    resize_up_prob: float = Field(default=0.25, ge=0.0, le=1.0)
+    resize_up_range: tuple[float, float] = (1.0, 1.5)
+    resize_down_range: tuple[float, float] = (0.5, 1.0)
+    resize_modes: list[Literal["area", "bilinear", "bicubic"]] = Field(
+        default_factory=lambda: ["area", "bilinear", "bicubic"], min_length=1
+    )
+    noise_sigma: tuple[float, float] = Field(default=(1.0, 30.0), description="on the 0-255 scale")
+    gray_noise_prob: float = Field(default=0.5, ge=0.0, le=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _type_sets_probabilities(cls, data: Any) -> Any:
+        """``type`` is the Table 6 switch: it fills the three probabilities unless given."""
+        if isinstance(data, dict):
+            kind = data.get("type", "noise")
+            probs = {
+                "noise": (0.0, 0.0, 1.0),
+                "blur": (1.0, 0.0, 0.0),
+                "resize": (0.0, 1.0, 0.0),
+                "mix": (1.0, 1.0, 1.0),
+            }.get(kind)
+            if probs is not None:
+                data = dict(data)
+                for key, p in zip(("blur_prob", "resize_prob", "noise_prob"), probs):
+                    data.setdefault(key, p)
+        return data
+
+    @field_validator("blur_kernel_sizes")
+    @classmethod
+    def _odd_kernels(cls, sizes: list[int]) -> list[int]:
+        if any(k < 1 or k % 2 == 0 for k in sizes):
+            raise ValueError(f"blur kernel sizes must be odd and positive, got {sizes}")
+        return sizes
+
+
+class HistoryConfig(Strict):
+    """History model (Eq. 6): ``his = alpha*his + (1-alpha)*ema_student`` at growing steps."""
+
+    alpha: float = Field(default=0.1, ge=0.0, le=1.0, description="attenuation rate")
+    update_every: int = Field(default=1000, ge=1, description="initial update step s (Fig. 8b)")
+    growth_milestones: list[int] = Field(
+        default_factory=lambda: [100_000, 200_000],
+        description="after each milestone the step grows by update_every (1000, 2000, 3000 as released)",
+    )
+    track: Literal["ema", "student"] = Field(
+        default="ema", description="DCKD tracks the EMA student; MCLIR tracks the raw student"
+    )
+
+
+class DCRConfig(TermConfig):
+    """Dynamic contrastive regularization (Eq. 4-6)."""
+
+    weight: NonNegative = 0.1
+    num_negatives: int = Field(default=5, ge=1, le=64, description="N, the clean LR included")
+    level_weights: list[NonNegative] = Field(
+        default_factory=lambda: [1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0], min_length=1
+    )
+    eps: float = Field(default=1e-7, gt=0.0)
+    degradation: DegradationConfig = Field(default_factory=DegradationConfig)
+    history: HistoryConfig = Field(default_factory=HistoryConfig)
+
+
+class DMMConfig(TermConfig):
+    """Distribution mapping module (Eq. 8-9)."""
+
+    weight: NonNegative = 0.001
+    released_double_softmax: bool = Field(
+        default=False,
+        description="the released code feeds probabilities to F.cross_entropy (softmax twice); "
+        "default is Eq. 9 as written",
+    )
+
+
+class LCRConfig(TermConfig):
+    """DUKD label consistency as the DCKD release computes it (teacher on augmented LR, reverted)."""
+
+    weight: NonNegative = 1.0
+    prob: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
+METHOD_TERMS: dict[str, tuple[str, ...]] = {
+    "scratch": ("rec",),
+    "logits": ("rec", "kd"),
+    "dckd": ("rec", "kd", "dcr", "dmm"),
+    "dckd_star": ("rec", "kd", "dcr", "dmm", "lcr"),
+}
+
+
+class MethodConfig(Strict):
+    """A distillation method as weighted loss terms; ``preset`` says which are on by default."""
+
+    preset: Literal["scratch", "logits", "dckd", "dckd_star"] = "dckd"
+    rec: TermConfig = Field(default_factory=TermConfig)
+    kd: TermConfig = Field(default_factory=TermConfig)
+    dcr: DCRConfig = Field(default_factory=DCRConfig)
+    dmm: DMMConfig = Field(default_factory=DMMConfig)
+    lcr: LCRConfig = Field(default_factory=LCRConfig)
+
+    @model_validator(mode="after")
+    def _fill_enabled(self) -> MethodConfig:
+        on = METHOD_TERMS[self.preset]
+        for name in ("rec", "kd", "dcr", "dmm", "lcr"):
+            term: TermConfig = getattr(self, name)
+            if term.enabled is None:
+                object.__setattr__(term, "enabled", name in on)
+        if not any(self.term(n).enabled for n in ("rec", "kd", "dcr", "dmm", "lcr")):
+            raise ValueError("every loss term is disabled: nothing to train")
+        return self
+
+    def term(self, name: str) -> TermConfig:
+        return getattr(self, name)
+
+    @property
+    def enabled_terms(self) -> list[str]:
+        return [n for n in ("rec", "kd", "dcr", "dmm", "lcr") if self.term(n).enabled]
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(self.term(n).enabled for n in ("kd", "dcr", "dmm", "lcr"))
+
+    @property
+    def needs_vqgan(self) -> bool:
+        return bool(self.dcr.enabled or self.dmm.enabled)
+
+
+# --------------------------------------------------------------------------- optimisation
+class OptimConfig(Strict):
+    name: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(default=1e-4, gt=0.0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = Field(default=1e-8, gt=0.0)
+    weight_decay: NonNegative = 0.0
+    grad_clip_norm: float | None = Field(default=None, gt=0.0)
+
+
+class ScheduleConfig(Strict):
+    """Learning-rate schedule as a pure function of the iteration (exact on resume)."""
+
+    name: Literal["constant", "multistep", "cosine", "cosine_restart"] = "multistep"
+    milestones: list[int] = Field(default_factory=lambda: [100_000, 200_000])
+    gamma: float = Field(default=0.1, gt=0.0)
+    eta_min: float = Field(default=1e-7, ge=0.0)
+    periods: list[int] = Field(default_factory=list, description="cosine_restart: cycle lengths")
+    eta_mins: list[float] = Field(default_factory=list, description="cosine_restart: floor per cycle")
+
+    @model_validator(mode="after")
+    def _restart_lists(self) -> ScheduleConfig:
+        if self.name == "cosine_restart" and (
+            not self.periods or len(self.periods) != len(self.eta_mins)
+        ):
+            raise ValueError("cosine_restart needs 'periods' and 'eta_mins' of the same length")
+        return self
+
+
+class TrainConfig(Strict):
+    iterations: int = Field(default=250_000, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    ema_decay: float = Field(default=0.999, ge=0.0, lt=1.0)
+    val_every: int = Field(default=5000, ge=1)
+    ckpt_every: int = Field(default=5000, ge=1)
+    log_every: int = Field(default=100, ge=1)
+    keep_checkpoints: int = Field(default=2, ge=1)
+    device: str = "auto"
+    threads: int | None = Field(default=None, ge=1)
+
+
+class EvalConfig(Strict):
+    """Metric protocol; unset fields follow the task (SR: Y, crop=scale; derain: Y; deblur: RGB)."""
+
+    crop_border: int | None = Field(default=None, ge=0)
+    y_channel: bool | None = None
+    round_y: bool | None = None
+    weights: Literal["ema", "student"] = "ema"
+
+
+class ExperimentConfig(Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    task: Literal["sr", "deblur", "derain"] = "sr"
+    scale: int = 4
+    seed: int = Field(default=0, ge=0)
+    output_dir: str = "runs/${name}"
+    teacher: ModelSpec | None = None
+    student: ModelSpec
+    data: DataConfig
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    vqgan: VQGANSpec = Field(default_factory=VQGANSpec)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentConfig:
+        if self.task == "sr" and self.scale not in (2, 3, 4):
+            raise ValueError(f"scale must be 2, 3 or 4 for super-resolution, got {self.scale}")
+        if self.task != "sr" and self.scale != 1:
+            raise ValueError(f"scale must be 1 for {self.task}, got {self.scale}")
+        if self.method.needs_teacher and self.teacher is None:
+            raise ValueError(
+                f"method terms {self.method.enabled_terms} need a teacher: add a 'teacher' section"
+            )
+        for role in ("teacher", "student"):
+            spec: ModelSpec | None = getattr(self, role)
+            if spec is not None and spec.preset_scale is not None and spec.preset_scale != self.scale:
+                raise ValueError(
+                    f"{role}.preset {spec.preset!r} is for x{spec.preset_scale}, "
+                    f"but the experiment's scale is {self.scale}"
+                )
+        if self.method.dcr.enabled and len(self.method.dcr.level_weights) != len(self.vqgan.ch_mult):
+            raise ValueError(
+                f"method.dcr.level_weights has {len(self.method.dcr.level_weights)} entries but the "
+                f"VQGAN encoder has {len(self.vqgan.ch_mult)} levels (vqgan.ch_mult)"
+            )
+        sets = [("data.train", self.data.train)] + [
+            (f"data.{split}[{i}]", b) for split in ("val", "test") for i, b in enumerate(getattr(self.data, split))
+        ]
+        for where, d in sets:
+            if self.task == "sr" and d.hr_dir is None:
+                raise ValueError(f"{where}.hr_dir is required for super-resolution")
+            if self.task != "sr" and (d.input_dir is None or d.target_dir is None):
+                raise ValueError(f"{where}.input_dir and {where}.target_dir are required for {self.task}")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir.replace("${name}", self.name)).expanduser()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- loading
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        loc = loc or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = e.get("input")
+        shown = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{source}: {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value``: the value is read as YAML, so ``3``, ``true``, ``[1, 2]`` and ``null`` work."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected dotted.key=value")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"--set {text!r}: empty component in the key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML: {exc}") from exc
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted keys in a raw config dict; list items are addressed by index (``data.val.0.name``)."""
+    for text in overrides:
+        parts, value = parse_override(text)
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            nxt = _child(node, part, text, parts[: i + 1])
+            if nxt is None:
+                nxt = {}
+                _assign(node, part, nxt, text)
+            node = nxt
+        _assign(node, parts[-1], value, text)
+    return data
+
+
+def _child(node: Any, part: str, text: str, path: list[str]) -> Any:
+    if isinstance(node, list):
+        idx = _index(part, node, text)
+        return node[idx]
+    if isinstance(node, dict):
+        return node.get(part)
+    raise ConfigError(f"--set {text!r}: {'.'.join(path[:-1])} is not a section")
+
+
+def _assign(node: Any, part: str, value: Any, text: str) -> None:
+    if isinstance(node, list):
+        node[_index(part, node, text)] = value
+    elif isinstance(node, dict):
+        node[part] = value
+    else:
+        raise ConfigError(f"--set {text!r}: cannot set {part!r} inside a value")
+
+
+def _index(part: str, node: list, text: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"--set {text!r}: {part!r} is not an index of a list of {len(node)}")
+    return int(part)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                data: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Read YAML (``yaml.safe_load`` only), apply ``--set`` overrides, validate everything."""
+    source = str(path) if path is not None else "<config>"
+    if data is None:
+        if path is None:
+            raise ConfigError("no configuration given")
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{source}: config file not found")
+        try:
+            data = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    data = apply_overrides(copy.deepcopy(data), overrides or [])
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None

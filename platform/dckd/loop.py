@@ -1,0 +1,163 @@
+"""The in-process training loop behind ``dckd train --local``: data, progress, validation, checkpoints.
+
+Run directory layout (``output_dir``)::
+
+    config.yaml              the validated configuration, as run
+    metrics.jsonl            one JSON object per log line and per validation
+    checkpoints/iter_*.pt    full training state (resume continues exactly)
+    student.pth              final weights in BasicSR format (params, params_ema)
+    summary.json             final validation and the run's notes
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from dckd.config import ExperimentConfig
+from dckd.data import TrainPatches
+from dckd.data.specs import benchmark_sets, train_pairs
+from dckd.engine import Engine
+from dckd.evaluation import evaluate_sets, protocol_for
+
+log = logging.getLogger("dckd")
+
+_CKPT = re.compile(r"^iter_(\d+)\.pt$")
+
+
+def checkpoint_path(run_dir: Path, iteration: int) -> Path:
+    return run_dir / "checkpoints" / f"iter_{iteration:09d}.pt"
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT.match(p.name))]
+    return max(found)[1] if found else None
+
+
+def _prune(run_dir: Path, keep: int) -> None:
+    folder = run_dir / "checkpoints"
+    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT.match(p.name)))
+    for _, p in found[:-keep]:
+        p.unlink(missing_ok=True)
+
+
+def make_loader(cfg: ExperimentConfig, start_iter: int, end_iter: int, rank: int = 0) -> DataLoader:
+    """Batches for iterations start_iter+1 .. end_iter: sample k of the run is always the same patch."""
+    t = cfg.data.train
+    dataset = TrainPatches(
+        train_pairs(cfg), cfg.scale, lq_patch=t.lq_patch, hflip=t.hflip, rot=t.rot,
+        seed=cfg.seed, rank=rank, cache_in_memory=t.cache_in_memory,
+    )
+    b = cfg.train.batch_size
+    return DataLoader(
+        dataset,
+        batch_size=b,
+        sampler=range(start_iter * b, end_iter * b),
+        num_workers=t.num_workers,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+class JsonlWriter:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def train_local(
+    cfg: ExperimentConfig,
+    resume: bool = True,
+    stop_at: int | None = None,
+    progress: bool = True,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train in this process; resume from the latest checkpoint in the run directory if there is one.
+
+    ``stop_at`` ends the run early at that iteration (with a checkpoint), as an interruption would.
+    """
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    engine = Engine(cfg)
+    for msg in engine.notes:
+        print(f"note: {msg}", file=sys.stderr)
+    latest = latest_checkpoint(run_dir) if resume else None
+    if latest is not None:
+        engine.load(latest)
+        print(f"resuming from {latest} (iteration {engine.iteration})", file=sys.stderr)
+
+    total = cfg.train.iterations
+    end = min(total, stop_at) if stop_at is not None else total
+    metrics = JsonlWriter(run_dir / "metrics.jsonl")
+    vals = benchmark_sets(cfg, "val")
+    protocol = protocol_for(cfg)
+    bar = _progress(engine.iteration, end, cfg.name, enabled=progress)
+    window: list[dict[str, torch.Tensor]] = []
+    tic = time.perf_counter()
+    last_val: dict[str, Any] = {}
+    for batch in make_loader(cfg, engine.iteration, end):
+        terms = engine.train_step(batch["lq"], batch["gt"])
+        window.append(terms)
+        t = engine.iteration
+        bar.update(1)
+        if t % cfg.train.log_every == 0 or t == end:
+            elapsed = time.perf_counter() - tic
+            record = {"kind": "train", "iter": t, "lr": engine.lr(t),
+                      "images_per_s": len(window) * cfg.train.batch_size / max(elapsed, 1e-9)}
+            record.update({k: float(torch.stack([w[k] for w in window]).mean()) for k in window[0]})
+            metrics.write(record)
+            bar.set_postfix(loss=f"{record['total']:.4f}")
+            if on_log:
+                on_log(record)
+            window, tic = [], time.perf_counter()
+        if vals and (t % cfg.train.val_every == 0 or t == total):
+            last_val = evaluate_sets(engine.eval_model(), vals, protocol, engine.device)
+            metrics.write({"kind": "val", "iter": t, **_flatten(last_val)})
+            bar.write(f"[{cfg.name}] iter {t}: " + ", ".join(
+                f"{name} {m['psnr']:.2f} dB / {m['ssim']:.4f}" for name, m in last_val.items()))
+        if t % cfg.train.ckpt_every == 0 or t == end:
+            engine.save(checkpoint_path(run_dir, t))
+            _prune(run_dir, cfg.train.keep_checkpoints)
+    bar.close()
+    summary = {
+        "name": cfg.name,
+        "iteration": engine.iteration,
+        "finished": engine.iteration >= total,
+        "val": last_val,
+        "vqgan_pretrained": engine.vqgan_pretrained,
+        "notes": engine.notes,
+    }
+    if engine.iteration >= total:
+        engine.export_weights(run_dir / "student.pth")
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _flatten(val: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {f"{name}/{k}": v for name, m in val.items() for k, v in m.items() if k in ("psnr", "ssim")}
+
+
+def _progress(start: int, end: int, name: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=end, initial=start, desc=name, unit="it", disable=not enabled,
+                dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
