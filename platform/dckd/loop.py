@@ -97,9 +97,7 @@ def train_local(
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    engine = Engine(cfg)
-    for msg in engine.notes:
-        print(f"note: {msg}", file=sys.stderr)
+    engine = Engine(cfg, notes=lambda msg: print(f"note: {msg}", file=sys.stderr, flush=True))
     latest = latest_checkpoint(run_dir) if resume else None
     if latest is not None:
         engine.load(latest)

@@ -39,8 +39,12 @@ PAPER_PARAMS_M = {
 }
 FULL_SIZE = sorted(n for n, p in PRESETS.items() if not p.tiny)
 TINY = sorted(n for n, p in PRESETS.items() if p.tiny)
-TINY_TEACHER = {"swinir": "swinir_tiny_x2_teacher", "rcan": "rcan_tiny_x2_teacher",
-                "nafnet": "nafnet_tiny_teacher", "restormer": "restormer_tiny_teacher"}
+TINY_TEACHER = {
+    "swinir": "swinir_tiny_x2_teacher",
+    "rcan": "rcan_tiny_x2_teacher",
+    "nafnet": "nafnet_tiny_teacher",
+    "restormer": "restormer_tiny_teacher",
+}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -63,9 +67,13 @@ def _out_size(model: Restorer, h: int, w: int) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- presets
 def test_preset_catalogue_is_complete() -> None:
-    expected = {f"{b}_x{s}_{r}" for b in ("swinir", "rcan") for s in (2, 3, 4) for r in ("teacher", "student")}
+    expected = {
+        f"{b}_x{s}_{r}" for b in ("swinir", "rcan") for s in (2, 3, 4) for r in ("teacher", "student")
+    }
     expected |= {f"{b}_{r}" for b in ("nafnet", "restormer") for r in ("teacher", "student")}
-    expected |= {f"{b}_tiny_x{s}_{r}" for b in ("swinir", "rcan") for s in (2, 4) for r in ("teacher", "student")}
+    expected |= {
+        f"{b}_tiny_x{s}_{r}" for b in ("swinir", "rcan") for s in (2, 4) for r in ("teacher", "student")
+    }
     expected |= {f"{b}_tiny_{r}" for b in ("nafnet", "restormer") for r in ("teacher", "student")}
     expected.add("swinir_light_x4_student")
     assert set(PRESETS) == expected
@@ -84,17 +92,33 @@ def test_preset_catalogue_is_complete() -> None:
 def test_table1_settings_are_the_papers() -> None:
     t, s = PRESETS["swinir_x4_teacher"].args, PRESETS["swinir_x4_student"].args
     for a in (t, s):
-        assert (a["img_size"], a["window_size"], a["mlp_ratio"], a["upsampler"], a["resi_connection"],
-                a["img_range"]) == (48, 8, 2.0, "pixelshuffle", "1conv", 1.0)
+        assert (
+            a["img_size"],
+            a["window_size"],
+            a["mlp_ratio"],
+            a["upsampler"],
+            a["resi_connection"],
+            a["img_range"],
+        ) == (48, 8, 2.0, "pixelshuffle", "1conv", 1.0)
         assert "drop_path_rate" not in a  # spandrel's (and BasicSR's) default 0.1
     assert (t["embed_dim"], t["depths"], t["num_heads"]) == (180, [6] * 6, [6] * 6)
     assert (s["embed_dim"], s["depths"], s["num_heads"]) == (60, [6] * 4, [6] * 4)
     rt, rs = PRESETS["rcan_x4_teacher"].args, PRESETS["rcan_x4_student"].args
-    assert (rt["n_feats"], rt["n_resgroups"], rt["n_resblocks"], rt["reduction"], rt["rgb_range"]) == (64, 10, 20, 16, 255)
+    assert (rt["n_feats"], rt["n_resgroups"], rt["n_resblocks"], rt["reduction"], rt["rgb_range"]) == (
+        64,
+        10,
+        20,
+        16,
+        255,
+    )
     assert (rs["n_feats"], rs["n_resgroups"], rs["n_resblocks"]) == (64, 10, 6)
     light = PRESETS["swinir_light_x4_student"].args
     assert (light["embed_dim"], light["depths"], light["upsampler"], light["img_size"]) == (
-        60, [6] * 4, "pixelshuffledirect", 64)
+        60,
+        [6] * 4,
+        "pixelshuffledirect",
+        64,
+    )
 
 
 @pytest.mark.parametrize("name", FULL_SIZE)
@@ -112,7 +136,9 @@ def test_meta_and_cpu_counts_agree() -> None:
         assert preset_param_count(name) == count_params(build_preset(name))
 
 
-@pytest.mark.parametrize("name", ["swinir_x4_student", "rcan_x4_student", "nafnet_student", "restormer_student"])
+@pytest.mark.parametrize(
+    "name", ["swinir_x4_student", "rcan_x4_student", "nafnet_student", "restormer_student"]
+)
 def test_full_size_students_run(name: str) -> None:
     model = build_preset(name).eval()
     x = torch.rand(1, 3, 20, 20)
@@ -211,6 +237,15 @@ def test_restormer_padding_is_transparent_on_aligned_inputs() -> None:
         assert model(torch.rand(1, 3, 3, 5)).shape == (1, 3, 3, 5)  # too small to reflect: replicate
 
 
+def test_swinir_padding_matches_its_own() -> None:
+    model = build_preset("swinir_tiny_x2_student").eval()
+    assert model.pad_multiple == 8
+    x = torch.rand(1, 3, 13, 21)
+    with torch.no_grad():
+        assert torch.equal(model(x), model.net(x))  # spandrel reflect-pads to the window the same way
+        assert model(torch.rand(1, 3, 3, 4)).shape == (1, 3, 6, 8)  # where reflect alone would fail
+
+
 def test_build_model_validation() -> None:
     with pytest.raises(ConfigError, match="rcan_x4_student"):
         build_preset("rcan_x5_student")
@@ -236,6 +271,16 @@ def test_overrides_and_spec_round_trip() -> None:
 
 
 # --------------------------------------------------------------------------- weights
+def test_deepcopy_for_ema_and_history_models() -> None:
+    import copy
+
+    model = build_preset("swinir_tiny_x2_student").eval()
+    twin = copy.deepcopy(model)
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), twin(x))
+
+
 def _outputs_equal(a: Restorer, b: Restorer) -> bool:
     x = torch.rand(1, 3, 12, 12)
     a.eval()
@@ -299,19 +344,21 @@ def test_swinir_loads_a_checkpoint_trained_at_another_img_size(tmp_path: Path) -
 def _basicsr_rcan_name(key: str, groups: int, blocks: int) -> str:
     """BasicSR's RCAN naming, written from basicsr/archs/rcan_arch.py independently of the loader."""
     if key.startswith("head.0."):
-        return "conv_first." + key[len("head.0."):]
+        return "conv_first." + key[len("head.0.") :]
     if key.startswith(f"body.{groups}."):
         return "conv_after_body." + key.split(".", 2)[2]
     if key.startswith("tail.0."):
-        return "upsample." + key[len("tail.0."):]
+        return "upsample." + key[len("tail.0.") :]
     if key.startswith("tail.1."):
-        return "conv_last." + key[len("tail.1."):]
+        return "conv_last." + key[len("tail.1.") :]
     m = re.match(r"body\.(\d+)\.body\.(\d+)\.(.*)", key)
     assert m, key
     g, b, rest = m.groups()
     if int(b) == blocks:
         return f"body.{g}.conv.{rest}"
-    rest = rest.replace("body.3.conv_du.0.", "rcab.3.attention.1.").replace("body.3.conv_du.2.", "rcab.3.attention.3.")
+    rest = rest.replace("body.3.conv_du.0.", "rcab.3.attention.1.").replace(
+        "body.3.conv_du.2.", "rcab.3.attention.3."
+    )
     rest = re.sub(r"^body\.([02])\.", r"rcab.\1.", rest)
     return f"body.{g}.residual_group.{b}.{rest}"
 

@@ -39,7 +39,11 @@ def test_models_json_lists_every_preset_with_exact_counts(capsys: pytest.Capture
         assert isinstance(row["params"], int) and row["params"] > 0
         preset = PRESETS[row["name"]]
         assert (row["backbone"], row["role"], row["scale"], tuple(row["tasks"])) == (
-            preset.backbone, preset.role, preset.scale, preset.tasks)
+            preset.backbone,
+            preset.role,
+            preset.scale,
+            preset.tasks,
+        )
     for name, paper in PAPER_PARAMS_M.items():
         got = by_name[name]["params"] / 1e6
         assert abs(got - paper) <= 0.05 + 0.01 * paper, f"{name}: {got:.3f}M vs paper {paper}M"

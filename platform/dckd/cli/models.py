@@ -43,8 +43,11 @@ def _table(rows: list[dict[str, Any]]) -> str:
     header = ("name", "backbone", "role", "scale", "params", "tasks")
     body = [
         (
-            r["name"], r["backbone"], r["role"], "-" if r["scale"] is None else f"x{r['scale']}",
-            f"{r['params'] / 1e6:.2f}M" if r["params"] >= 10_000 else f"{r['params'] / 1e6:.4f}M",
+            r["name"],
+            r["backbone"],
+            r["role"],
+            "-" if r["scale"] is None else f"x{r['scale']}",
+            f"{r['params'] / 1e6:.2f}M" if r["params"] >= 1_000_000 else f"{r['params'] / 1e6:.3f}M",
             ",".join(r["tasks"]),
         )
         for r in rows
@@ -53,7 +56,9 @@ def _table(rows: list[dict[str, Any]]) -> str:
     right = {4}  # numbers right-aligned
     lines = []
     for row in (header, *body):
-        cells = [str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        cells = [
+            str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))
+        ]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 

@@ -73,8 +73,18 @@ _RCAN_TINY = {
 }
 
 _NAFNET = {
-    "teacher": {"width": 32, "enc_blk_nums": [1, 1, 1, 28], "middle_blk_num": 1, "dec_blk_nums": [1, 1, 1, 1]},
-    "student": {"width": 16, "enc_blk_nums": [1, 1, 1, 14], "middle_blk_num": 1, "dec_blk_nums": [1, 1, 1, 1]},
+    "teacher": {
+        "width": 32,
+        "enc_blk_nums": [1, 1, 1, 28],
+        "middle_blk_num": 1,
+        "dec_blk_nums": [1, 1, 1, 1],
+    },
+    "student": {
+        "width": 16,
+        "enc_blk_nums": [1, 1, 1, 14],
+        "middle_blk_num": 1,
+        "dec_blk_nums": [1, 1, 1, 1],
+    },
 }
 _NAFNET_TINY = {
     "teacher": {"width": 8, "enc_blk_nums": [1, 1], "middle_blk_num": 1, "dec_blk_nums": [1, 1]},
@@ -97,29 +107,61 @@ def _build_presets() -> dict[str, Preset]:
         for scale in (2, 3, 4):
             presets.append(
                 Preset(
-                    f"swinir_x{scale}_{role}", "swinir", role, scale, ("sr",), dict(_SWINIR[role]),
+                    f"swinir_x{scale}_{role}",
+                    "swinir",
+                    role,
+                    scale,
+                    ("sr",),
+                    dict(_SWINIR[role]),
                     f"SwinIR {role}, paper Table 1 (x{scale})",
                 )
             )
             presets.append(
                 Preset(
-                    f"rcan_x{scale}_{role}", "rcan", role, scale, ("sr",), dict(_RCAN[role]),
+                    f"rcan_x{scale}_{role}",
+                    "rcan",
+                    role,
+                    scale,
+                    ("sr",),
+                    dict(_RCAN[role]),
                     f"RCAN {role}, paper Table 1 (x{scale})",
                 )
             )
         presets.append(
-            Preset(f"nafnet_{role}", "nafnet", role, None, ("deblur",), dict(_NAFNET[role]),
-                   f"NAFNet {role}, paper Table 1 (GoPro deblurring)")
+            Preset(
+                f"nafnet_{role}",
+                "nafnet",
+                role,
+                None,
+                ("deblur",),
+                dict(_NAFNET[role]),
+                f"NAFNet {role}, paper Table 1 (GoPro deblurring)",
+            )
         )
         presets.append(
-            Preset(f"restormer_{role}", "restormer", role, None, ("deblur", "derain"), dict(_RESTORMER[role]),
-                   f"Restormer {role}, paper Table 1 (deblurring, deraining)")
+            Preset(
+                f"restormer_{role}",
+                "restormer",
+                role,
+                None,
+                ("deblur", "derain"),
+                dict(_RESTORMER[role]),
+                f"Restormer {role}, paper Table 1 (deblurring, deraining)",
+            )
         )
     presets.append(
         Preset(
-            "swinir_light_x4_student", "swinir", "student", 4, ("sr",),
+            "swinir_light_x4_student",
+            "swinir",
+            "student",
+            4,
+            ("sr",),
             {
-                **_SWINIR_COMMON, "img_size": 64, "embed_dim": 60, "depths": [6] * 4, "num_heads": [6] * 4,
+                **_SWINIR_COMMON,
+                "img_size": 64,
+                "embed_dim": 60,
+                "depths": [6] * 4,
+                "num_heads": [6] * 4,
                 "upsampler": "pixelshuffledirect",
             },
             "SwinIR-light x4, paper Table 8",
@@ -128,20 +170,48 @@ def _build_presets() -> dict[str, Preset]:
     for role in ("teacher", "student"):
         for scale in (2, 4):
             presets.append(
-                Preset(f"rcan_tiny_x{scale}_{role}", "rcan", role, scale, ("sr",), dict(_RCAN_TINY[role]),
-                       f"tiny RCAN {role} for tests and the CPU demo (x{scale})")
+                Preset(
+                    f"rcan_tiny_x{scale}_{role}",
+                    "rcan",
+                    role,
+                    scale,
+                    ("sr",),
+                    dict(_RCAN_TINY[role]),
+                    f"tiny RCAN {role} for tests and the CPU demo (x{scale})",
+                )
             )
             presets.append(
-                Preset(f"swinir_tiny_x{scale}_{role}", "swinir", role, scale, ("sr",), dict(_SWINIR_TINY[role]),
-                       f"tiny SwinIR {role} for tests and the CPU demo (x{scale})")
+                Preset(
+                    f"swinir_tiny_x{scale}_{role}",
+                    "swinir",
+                    role,
+                    scale,
+                    ("sr",),
+                    dict(_SWINIR_TINY[role]),
+                    f"tiny SwinIR {role} for tests and the CPU demo (x{scale})",
+                )
             )
         presets.append(
-            Preset(f"nafnet_tiny_{role}", "nafnet", role, None, ("deblur",), dict(_NAFNET_TINY[role]),
-                   f"tiny NAFNet {role} for tests and the CPU demo")
+            Preset(
+                f"nafnet_tiny_{role}",
+                "nafnet",
+                role,
+                None,
+                ("deblur",),
+                dict(_NAFNET_TINY[role]),
+                f"tiny NAFNet {role} for tests and the CPU demo",
+            )
         )
         presets.append(
-            Preset(f"restormer_tiny_{role}", "restormer", role, None, ("deblur", "derain"),
-                   dict(_RESTORMER_TINY[role]), f"tiny Restormer {role} for tests and the CPU demo")
+            Preset(
+                f"restormer_tiny_{role}",
+                "restormer",
+                role,
+                None,
+                ("deblur", "derain"),
+                dict(_RESTORMER_TINY[role]),
+                f"tiny Restormer {role} for tests and the CPU demo",
+            )
         )
     return {p.name: p for p in sorted(presets, key=lambda p: p.name)}
 

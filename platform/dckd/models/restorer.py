@@ -61,7 +61,8 @@ class _Backbone:
     """How one architecture class is built and called.
 
     ``scale_arg``: the constructor argument holding the SR factor (None: same-size output).
-    ``pad_multiple``: the side multiple the wrapper pads to (1: the class copes by itself).
+    ``pad_multiple``: the side multiple the wrapper pads to (1: the class copes by itself; 0: read
+    ``window_size`` from the built network).
     ``clone_input``: the class writes into its input tensor, so the wrapper hands it a copy.
     """
 
@@ -73,12 +74,13 @@ class _Backbone:
 
 # Checked in tests/unit/test_models.py against the raw classes:
 # - RCAN: ``x *= rgb_range`` in forward mutates the caller's tensor (spandrel 0.4.2).
-# - SwinIR: reflect-pads to ``window_size`` and crops in its own forward.
+# - SwinIR: reflect-pads to ``window_size`` and crops in its own forward. The wrapper pads first
+#   the same way, so inputs smaller than the padding (where reflect fails) fall back to replicate.
 # - NAFNet: zero-pads to 2**len(encoders) and crops in its own forward (as the official test code).
 # - Restormer: three 2x pixel-unshuffle downsamplings and no padding of its own, so sides must be
 #   multiples of 8; the official test script reflect-pads bottom/right and crops, as done here.
 _BACKBONES: dict[str, _Backbone] = {
-    "swinir": _Backbone(_swinir, "upscale", 1, False),
+    "swinir": _Backbone(_swinir, "upscale", 0, False),
     "rcan": _Backbone(_rcan, "scale", 1, True),
     "nafnet": _Backbone(_nafnet, None, 1, False),
     "restormer": _Backbone(_restormer, None, 8, False),
@@ -120,7 +122,7 @@ class Restorer(nn.Module):
         self.preset = preset
         self.args: dict[str, Any] = copy.deepcopy(dict(args))
         spec = _BACKBONES[backbone]
-        self.pad_multiple = spec.pad_multiple
+        self.pad_multiple = spec.pad_multiple or int(getattr(net, "window_size", 1))
         self.clone_input = spec.clone_input
         _fix_constants(net, backbone)
 

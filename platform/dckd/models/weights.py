@@ -48,8 +48,10 @@ class LoadResult:
 
 
 def _is_state_dict(obj: object) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
     )
 
 
@@ -83,7 +85,9 @@ def load_state_dict_file(path: str | PathLike[str], key: str | None = None) -> d
             f"(weights_only=True) ({str(exc).splitlines()[0]})"
         ) from exc
     except Exception as exc:  # torch raises RuntimeError, EOFError, zipfile errors... for bad files
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
 
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
@@ -118,8 +122,14 @@ def _convert_basicsr_rcan(state: dict[str, Tensor], model: Restorer) -> dict[str
     blocks = model.args.get("n_resblocks", 20)
     rules = [
         (r"^conv_first\.", "head.0."),
-        (r"^body\.(\d+)\.residual_group\.(\d+)\.rcab\.3\.attention\.1\.", r"body.\1.body.\2.body.3.conv_du.0."),
-        (r"^body\.(\d+)\.residual_group\.(\d+)\.rcab\.3\.attention\.3\.", r"body.\1.body.\2.body.3.conv_du.2."),
+        (
+            r"^body\.(\d+)\.residual_group\.(\d+)\.rcab\.3\.attention\.1\.",
+            r"body.\1.body.\2.body.3.conv_du.0.",
+        ),
+        (
+            r"^body\.(\d+)\.residual_group\.(\d+)\.rcab\.3\.attention\.3\.",
+            r"body.\1.body.\2.body.3.conv_du.2.",
+        ),
         (r"^body\.(\d+)\.residual_group\.(\d+)\.rcab\.([02])\.", r"body.\1.body.\2.body.\3."),
         (r"^body\.(\d+)\.conv\.", rf"body.\1.body.{blocks}."),
         (r"^conv_after_body\.", f"body.{groups}."),
