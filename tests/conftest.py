@@ -47,5 +47,5 @@ def tiny_config_dict(hr_dir: Path, out_dir: Path, method: str = "dckd", **train:
         "vqgan": {"ch": 32, "num_res_blocks": 1, "z_channels": 8, "embed_dim": 8, "n_embed": 16},
         "optim": {"lr": 1e-3},
         "train": {"iterations": 10, "batch_size": 2, "val_every": 1000, "ckpt_every": 1000,
-                  "log_every": 5, "threads": 2, "device": "cpu", **train},
+                  "log_every": 5, "threads": 1, "device": "cpu", **train},
     }

@@ -302,6 +302,10 @@ class TrainConfig(Strict):
     keep_checkpoints: int = Field(default=2, ge=1)
     device: str = "auto"
     threads: int | None = Field(default=None, ge=1)
+    frozen_chunk_rows: int | None = Field(
+        default=None, ge=1,
+        description="rows per frozen VQGAN pass; default: all at once on a GPU, one image set at a time on a CPU",
+    )
 
 
 class EvalConfig(Strict):

@@ -81,7 +81,7 @@ class Engine:
         torch.manual_seed(cfg.seed)
         self.student = build_network(cfg.student, cfg.scale).to(self.device)
         self.ema = frozen_copy(self.student)
-        self.method = DistillationMethod(cfg.method)
+        self.method = DistillationMethod(cfg.method, cfg.train.frozen_chunk_rows)
 
         self.teacher: nn.Module | None = None
         if cfg.method.needs_teacher:

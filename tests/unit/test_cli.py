@@ -1,0 +1,79 @@
+"""The ``dckd`` command end to end on the tiny preset: train, eval, bad input, bench report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dckd import bench
+from dckd.cli import main
+from tests.conftest import tiny_config_dict
+
+
+def write_config(tmp_path: Path, hr: Path, **kw: object) -> Path:
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(tiny_config_dict(hr, tmp_path / "run", **kw)))
+    return path
+
+
+def test_train_local_then_eval(tmp_path: Path, hr_folder: Path, capsys: pytest.CaptureFixture) -> None:
+    cfg = write_config(tmp_path, hr_folder, iterations=4, val_every=2, ckpt_every=2, log_every=2)
+    assert main(["train", str(cfg), "--local", "--no-progress", "--set", "method.preset=dckd_star"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["finished"] and summary["iteration"] == 4
+    assert summary["vqgan_pretrained"] is False and any("RANDOMLY" in n for n in summary["notes"])
+    run = tmp_path / "run"
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    assert [r["iter"] for r in train] == [2, 4]
+    assert {"rec", "kd", "dcr", "dmm", "lcr", "total", "lr", "images_per_s"} <= set(train[0])
+    assert [r["iter"] for r in records if r["kind"] == "val"] == [2, 4]
+    assert "crops/psnr" in records[-1]
+    assert (run / "student.pth").is_file() and (run / "config.yaml").is_file()
+    assert yaml.safe_load((run / "config.yaml").read_text())["method"]["preset"] == "dckd_star"
+
+    ckpt = run / "checkpoints" / "iter_000000004.pt"
+    out_dir = tmp_path / "restored"
+    assert main(["eval", str(ckpt), "--json", "--save-dir", str(out_dir)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    val = result["results"]["crops"]
+    assert val["count"] == 4 and val["psnr"] == pytest.approx(summary["val"]["crops"]["psnr"])
+    assert len(list((out_dir / "crops").glob("*.png"))) == 4
+
+
+def test_bad_config_fails_before_work(tmp_path: Path, hr_folder: Path, capsys: pytest.CaptureFixture) -> None:
+    cfg = write_config(tmp_path, hr_folder)
+    assert main(["train", str(cfg), "--local", "--set", "method.dcr.num_negatives=0"]) == 2
+    err = capsys.readouterr().err
+    assert str(cfg) in err and "method.dcr.num_negatives" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_check_prints_the_validated_config(tmp_path: Path, hr_folder: Path, capsys: pytest.CaptureFixture) -> None:
+    cfg = write_config(tmp_path, hr_folder)
+    assert main(["train", str(cfg), "--check", "--set", "train.iterations=77"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["train"]["iterations"] == 77
+
+
+def test_train_without_local_says_what_to_do(tmp_path: Path, hr_folder: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", str(write_config(tmp_path, hr_folder))]) == 2
+    assert "--local" in capsys.readouterr().err
+
+
+def test_bench_report_on_tiny_pair(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """The whole report, with each case run in this process instead of a spawned one."""
+    monkeypatch.setattr(bench, "_in_child", lambda fn, case: fn(case))
+    assert main(["bench", "--json", "--pair", "rcan_tiny_x2", "--vqgan", "reduced", "--batch", "1",
+                 "--patch", "8", "--steps", "1", "--warmup", "0", "--threads", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("scratch_step_ms", "logits_step_ms", "dckd_step_ms", "released_structure_step_ms",
+                "dckd_peak_mem_mb", "dckd_n1_step_ms", "dckd_n3_step_ms", "dckd_n5_step_ms"):
+        assert report[key] > 0 or key.endswith("mem_mb"), key
+    assert report["dckd_loss_matches_released"] is True
+    assert report["loss_relative_difference"] <= 1e-5
+    assert report["dckd_step_ms"] == report["dckd_n5_step_ms"]
+    assert "released structure" in bench.format_table(report)
