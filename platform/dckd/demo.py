@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from dckd.config import ExperimentConfig, load_config
+from dckd.errors import ConfigError
 
 # Held-out photographs are never seen in training; the rest are cut into random patches.
 TRAIN_PHOTOS = ("astronaut", "coffee", "hubble_deep_field", "immunohistochemistry", "retina", "motorcycle_left")
@@ -83,15 +84,22 @@ def run_demo(out: Path, config: Path | None = None, quick: bool = False, progres
     base = config or default_config_path()
     out = out.resolve()
     prepare_photos(out / "data")
+    from dckd.engine import build_network
     from dckd.loop import train_local
-    from dckd.models import PRESETS, build_preset, count_params
+    from dckd.models import count_params
 
     scale_iters = ["train.iterations=40", "train.val_every=40", "train.ckpt_every=40",
                    "train.log_every=10"] if quick else []
     probe = _config(base, out, "demo-teacher", [])
-    teacher_preset = probe.teacher.preset if probe.teacher else None
-    if teacher_preset is None:
-        raise SystemExit(f"{base}: the demo config needs a teacher preset")
+    if probe.teacher is None:
+        raise ConfigError(f"{base}: the demo config needs a 'teacher' section")
+    teacher_spec = probe.teacher.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+
+    def label(spec) -> str:
+        return spec.preset or spec.resolved_backbone
+
+    def n_params(spec) -> int:
+        return count_params(build_network(spec.model_copy(update={"checkpoint": None}), probe.scale))
 
     rows: list[dict[str, Any]] = []
     bicubic = _bicubic_scores(probe)
@@ -107,19 +115,16 @@ def run_demo(out: Path, config: Path | None = None, quick: bool = False, progres
         return summary
 
     teacher_iters = [f"train.iterations={probe.train.iterations * 2}"] if not quick else []
-    t_sum = train("demo-teacher", [f"student.preset={teacher_preset}", "method.preset=scratch",
+    t_sum = train("demo-teacher", [f"student={json.dumps(teacher_spec)}", "method.preset=scratch",
                                    "teacher=null", *teacher_iters])
     teacher_ckpt = out / "demo-teacher" / "student.pth"
-    rows.append({"model": teacher_preset, "method": "teacher (scratch)",
-                 "params": count_params(build_preset(teacher_preset)),
+    rows.append({"model": label(probe.teacher), "method": "teacher (scratch)", "params": n_params(probe.teacher),
                  **_scores(next(iter(t_sum["val"].values()))), "minutes": t_sum["minutes"]})
-    student_preset = probe.student.preset or "student"
     notes: list[str] = list(t_sum["notes"])
     for method in STUDENT_METHODS:
         s = train(f"demo-{method}", [f"method.preset={method}", f"teacher.checkpoint={teacher_ckpt}"])
         notes += [n for n in s["notes"] if n not in notes]
-        rows.append({"model": student_preset, "method": method,
-                     "params": count_params(build_preset(student_preset)) if student_preset in PRESETS else None,
+        rows.append({"model": label(probe.student), "method": method, "params": n_params(probe.student),
                      **_scores(next(iter(s["val"].values()))), "minutes": s["minutes"]})
     result = {"scale": probe.scale, "test_images": list(TEST_PHOTOS), "rows": rows, "notes": notes,
               "quick": quick}

@@ -131,7 +131,7 @@ def train_local(
             last_val = evaluate_sets(engine.eval_model(), vals, protocol, engine.device)
             metrics.write({"kind": "val", "iter": t, **_flatten(last_val)})
             bar.write(f"[{cfg.name}] iter {t}: " + ", ".join(
-                f"{name} {m['psnr']:.2f} dB / {m['ssim']:.4f}" for name, m in last_val.items()))
+                f"{name} {m['psnr']:.2f} dB / {m['ssim']:.4f}" for name, m in last_val.items()), file=sys.stderr)
         if t % cfg.train.ckpt_every == 0 or t == end:
             engine.save(checkpoint_path(run_dir, t))
             _prune(run_dir, cfg.train.keep_checkpoints)
