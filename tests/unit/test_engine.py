@@ -80,6 +80,8 @@ def test_2k_in_one_go_equals_1k_resume_1k(tmp_path: Path, hr_folder: Path) -> No
     small = {"backbone": "rcan", "args": {"scale": 2, "n_feats": 8, "n_resgroups": 1, "n_resblocks": 2,
                                           "reduction": 4}}
     base["teacher"], base["student"] = dict(small), dict(small)
+    base["vqgan"]["ch_mult"] = [1, 1, 1, 1, 1]
+    base["train"]["frozen_chunk_rows"] = 64  # one frozen encoder pass (the chunked path is tested elsewhere)
     straight = train_local(load_config(data=base), resume=True, progress=False)
     assert straight["finished"]
 
