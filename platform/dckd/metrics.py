@@ -203,3 +203,17 @@ def score_folders(
         "per_image": per_image,
         "count": len(per_image),
     }
+
+
+def json_ready(obj: Any) -> Any:
+    """Replace non-finite floats (the PSNR of an exact restoration is infinite) by ``None``.
+
+    JSON has no infinity; ``json.dumps(..., allow_nan=False)`` on the result always succeeds.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_ready(v) for v in obj]
+    return obj

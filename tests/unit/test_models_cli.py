@@ -31,7 +31,7 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_models_json_lists_every_preset_with_exact_counts(capsys: pytest.CaptureFixture[str]) -> None:
-    rows = json.loads(_run(["models", "--json", "--all"], capsys))
+    rows = json.loads(_run(["models", "--json"], capsys))
     assert [r["name"] for r in rows] == sorted(PRESETS)
     by_name = {r["name"]: r for r in rows}
     for row in rows:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 from dckd.checkpoint import safe_load
 from dckd.config import BenchmarkConfig, load_config
@@ -46,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from dckd.data.specs import benchmark_sets, pairs_for
     from dckd.engine import build_network, resolve_device
     from dckd.evaluation import evaluate_sets, protocol_for
+    from dckd.metrics import json_ready
 
     state = safe_load(args.checkpoint)
     if not isinstance(state, dict) or "ema" not in state or "config" not in state:
@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         results = evaluate_sets(model, sets, protocol_for(cfg), device, save_dir=args.save_dir)
     if args.json:
-        print(json.dumps({"iteration": state.get("iteration"), "weights": args.weights, "results": results},
-                         indent=2, default=lambda v: None if isinstance(v, float) and math.isinf(v) else v))
+        report = {"iteration": state.get("iteration"), "weights": args.weights, "results": results}
+        print(json.dumps(json_ready(report), indent=2, allow_nan=False))
     else:
         print(f"{'set':<16}{'images':>8}{'PSNR':>10}{'SSIM':>9}")
         for name, m in results.items():

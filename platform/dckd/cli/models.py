@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "models",
         help="list the network presets and their parameter counts",
         description="List the network presets (paper Table 1/8 settings) with exact parameter counts. "
-        "Tiny presets for tests and the CPU demo are listed with --all.",
+        "The table lists tiny presets for tests and the CPU demo with --all; --json always lists every preset.",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     parser.add_argument("--all", action="store_true", help="also list the tiny test/demo presets")
@@ -64,7 +64,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    rows = preset_rows(include_tiny=args.all)
+    rows = preset_rows(include_tiny=args.all or args.json)  # JSON is for tools: every preset
     if args.json:
         print(json.dumps(rows, indent=2))
     else:

@@ -17,7 +17,7 @@ import json
 import math
 from typing import Any
 
-from dckd.metrics import Protocol, score_folders
+from dckd.metrics import Protocol, json_ready, score_folders
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,10 +36,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None
-
-
 def _fmt(x: float, digits: int) -> str:
     return f"{x:.{digits}f}" if math.isfinite(x) else "inf"
 
@@ -49,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     result = score_folders(args.gt, args.pred, protocol)
     if args.json:
         out: dict[str, Any] = {
-            "psnr": _finite_or_none(result["psnr"]),
+            "psnr": result["psnr"],
             "ssim": result["ssim"],
             "count": result["count"],
             "protocol": {
@@ -60,13 +56,13 @@ def run(args: argparse.Namespace) -> int:
             "gt_dir": str(args.gt),
             "pred_dir": str(args.pred),
             "per_image": [
-                {"name": r["name"], "psnr": _finite_or_none(r["psnr"]), "ssim": r["ssim"]}
+                {"name": r["name"], "psnr": r["psnr"], "ssim": r["ssim"]}
                 for r in result["per_image"]
             ],
         }
         if any(not math.isfinite(r["psnr"]) for r in result["per_image"]):
             out["notes"] = ["psnr is null where the prediction equals the ground truth (infinite PSNR)"]
-        print(json.dumps(out, allow_nan=False))
+        print(json.dumps(json_ready(out), allow_nan=False))
         return 0
 
     rows = [(r["name"], _fmt(r["psnr"], 4), _fmt(r["ssim"], 6)) for r in result["per_image"]]
