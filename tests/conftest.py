@@ -49,3 +49,28 @@ def tiny_config_dict(hr_dir: Path, out_dir: Path, method: str = "dckd", **train:
         "train": {"iterations": 10, "batch_size": 2, "val_every": 1000, "ckpt_every": 1000,
                   "log_every": 5, "threads": 1, "device": "cpu", **train},
     }
+
+
+RAY_TEST_ENV = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",
+}
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the whole test session (starting one takes seconds)."""
+    import os
+
+    for key, value in RAY_TEST_ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False, object_store_memory=100 * 1024**2,
+             log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

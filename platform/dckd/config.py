@@ -317,6 +317,34 @@ class EvalConfig(Strict):
     weights: Literal["ema", "student"] = "ema"
 
 
+class TrackingConfig(Strict):
+    """MLflow: one run per training run; the best student goes to the registry under an alias."""
+
+    enabled: bool = True
+    tracking_uri: str | None = Field(
+        default=None,
+        description="default: $MLFLOW_TRACKING_URI, else a sqlite database in the run directory's parent",
+    )
+    experiment: str = "dckd"
+    register_as: str | None = Field(default=None, description="registered model name; default <name>-student")
+    alias: str = "champion"
+    samples: int = Field(default=2, ge=0, description="side-by-side sample restorations logged per validation")
+
+
+class RayConfig(Strict):
+    """Ray Train resources and fault tolerance (``dckd train`` without ``--local``)."""
+
+    address: str | None = Field(default=None, description="Ray cluster address; default: a local instance")
+    num_workers: int = Field(default=1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    gpus_per_worker: float = Field(default=1.0, ge=0)
+    storage_path: str | None = Field(
+        default=None, description="local folder or s3:// URI for Ray checkpoints; default <output_dir>/ray"
+    )
+    max_failures: int = Field(default=2, ge=-1, description="worker-group restarts from the last checkpoint")
+
+
 class ExperimentConfig(Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     task: Literal["sr", "deblur", "derain"] = "sr"
@@ -332,6 +360,8 @@ class ExperimentConfig(Strict):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:

@@ -104,6 +104,8 @@ class Engine:
         self.optimizer = self._make_optimizer()
         self.train_module = wrap_student(self.student) if wrap_student else self.student
         self.iteration = 0
+        # Bookkeeping of the layers above (e.g. the MLflow run id), carried in every checkpoint.
+        self.extra: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ setup
     def note(self, msg: str) -> None:
@@ -176,6 +178,7 @@ class Engine:
             "rng": capture_rng(),
             "config": self.cfg.model_dump(mode="json"),
             "notes": list(self.notes),
+            "extra": dict(self.extra),
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str = "<state>") -> None:
@@ -194,6 +197,7 @@ class Engine:
         hs = state["history_state"]
         self.history_state = HistoryState(int(hs["updates"]), int(hs["last_update"]))
         self.iteration = int(state["iteration"])
+        self.extra = dict(state.get("extra") or {})
         restore_rng(state["rng"])
 
     def save(self, path: str | Path) -> Path:

@@ -15,3 +15,7 @@ class DataError(DckdError):
 
 class CheckpointError(DckdError):
     """A checkpoint cannot be read or does not fit the model it is loaded into."""
+
+
+class StorageError(DckdError):
+    """A remote dataset (``s3://``) cannot be read or written: missing, unreachable, denied, corrupt."""

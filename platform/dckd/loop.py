@@ -7,6 +7,11 @@ Run directory layout (``output_dir``)::
     checkpoints/iter_*.pt    full training state (resume continues exactly)
     student.pth              final weights in BasicSR format (params, params_ema)
     summary.json             final validation and the run's notes
+
+With ``tracking.enabled`` the run is also an MLflow run (``dckd.tracking``): params and the config
+once, metrics at each log line and validation, sample restorations at each validation, and at the
+end the final checkpoint and the EMA student, registered under ``tracking.alias``. Its id is kept
+in every checkpoint, so a resumed run continues the same MLflow run.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from dckd.data import TrainPatches
 from dckd.data.specs import benchmark_sets, train_pairs
 from dckd.engine import Engine
 from dckd.evaluation import evaluate_sets, protocol_for
+from dckd.tracking import RunTracker, collect_samples
 
 log = logging.getLogger("dckd")
 
@@ -89,10 +95,13 @@ def train_local(
     stop_at: int | None = None,
     progress: bool = True,
     on_log: Callable[[dict[str, Any]], None] | None = None,
+    tracking_uri: str | None = None,
 ) -> dict[str, Any]:
     """Train in this process; resume from the latest checkpoint in the run directory if there is one.
 
-    ``stop_at`` ends the run early at that iteration (with a checkpoint), as an interruption would.
+    ``stop_at`` ends the run early at that iteration (with a checkpoint), as an interruption would;
+    its MLflow run is then marked KILLED until a resume continues it. ``tracking_uri`` overrides
+    the config's (see :func:`dckd.tracking.resolve_tracking_uri`).
     """
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -102,7 +111,25 @@ def train_local(
     if latest is not None:
         engine.load(latest)
         print(f"resuming from {latest} (iteration {engine.iteration})", file=sys.stderr)
+    start_iter = engine.iteration
+    tracker = RunTracker(cfg, tracking_uri=tracking_uri, run_id=engine.extra.get("mlflow_run_id"))
+    run_id = tracker.start()
+    if run_id is not None:
+        engine.extra["mlflow_run_id"] = run_id
+    try:
+        summary = _train(cfg, engine, tracker, run_dir, start_iter, stop_at, progress, on_log)
+    except BaseException as exc:
+        tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    tracker.end("FINISHED" if summary["finished"] else "KILLED")
+    return summary
 
+
+def _train(cfg: ExperimentConfig, engine: Engine, tracker: RunTracker, run_dir: Path, start_iter: int,
+           stop_at: int | None, progress: bool,
+           on_log: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    tracker.log_params_once()
+    tracker.log_config()
     total = cfg.train.iterations
     end = min(total, stop_at) if stop_at is not None else total
     metrics = JsonlWriter(run_dir / "metrics.jsonl")
@@ -112,8 +139,10 @@ def train_local(
     window: list[dict[str, torch.Tensor]] = []
     tic = time.perf_counter()
     last_val: dict[str, Any] = {}
+    example: torch.Tensor | None = None
     for batch in make_loader(cfg, engine.iteration, end):
         terms = engine.train_step(batch["lq"], batch["gt"])
+        example = batch["lq"][:1]
         window.append(terms)
         t = engine.iteration
         bar.update(1)
@@ -126,10 +155,15 @@ def train_local(
             bar.set_postfix(loss=f"{record['total']:.4f}")
             if on_log:
                 on_log(record)
+            tracker.log_metrics({k: v for k, v in record.items() if k not in ("kind", "iter")}, step=t)
             window, tic = [], time.perf_counter()
         if vals and (t % cfg.train.val_every == 0 or t == total):
             last_val = evaluate_sets(engine.eval_model(), vals, protocol, engine.device)
             metrics.write({"kind": "val", "iter": t, **_flatten(last_val)})
+            tracker.log_metrics({f"val/{k}": v for k, v in _flatten(last_val).items()}, step=t)
+            if tracker.enabled and cfg.tracking.samples:
+                tracker.log_samples(t, *collect_samples(engine.eval_model(), engine.teacher, vals[0][1],
+                                                        cfg.tracking.samples, engine.device, cfg.scale))
             bar.write(f"[{cfg.name}] iter {t}: " + ", ".join(
                 f"{name} {m['psnr']:.2f} dB / {m['ssim']:.4f}" for name, m in last_val.items()), file=sys.stderr)
         if t % cfg.train.ckpt_every == 0 or t == end:
@@ -143,10 +177,18 @@ def train_local(
         "val": last_val,
         "vqgan_pretrained": engine.vqgan_pretrained,
         "notes": engine.notes,
+        "mlflow_run_id": engine.extra.get("mlflow_run_id"),
     }
     if engine.iteration >= total:
         engine.export_weights(run_dir / "student.pth")
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if tracker.enabled and start_iter < total <= engine.iteration:  # this call finished the run
+        tracker.log_checkpoint(checkpoint_path(run_dir, engine.iteration))
+        tracker.log_artifact(run_dir / "summary.json")
+        if example is None:
+            example = torch.zeros(1, 3, cfg.data.train.lq_patch, cfg.data.train.lq_patch)
+        tracker.log_student(engine.ema, example, cfg.tracking.register_as or f"{cfg.name}-student",
+                            cfg.tracking.alias)
     return summary
 
 

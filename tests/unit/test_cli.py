@@ -58,10 +58,19 @@ def test_check_prints_the_validated_config(tmp_path: Path, hr_folder: Path, caps
     assert yaml.safe_load(capsys.readouterr().out)["train"]["iterations"] == 77
 
 
-def test_train_without_local_says_what_to_do(tmp_path: Path, hr_folder: Path,
-                                             capsys: pytest.CaptureFixture) -> None:
-    assert main(["train", str(write_config(tmp_path, hr_folder))]) == 2
-    assert "--local" in capsys.readouterr().err
+def test_without_local_train_goes_to_the_ray_runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                    hr_folder: Path, capsys: pytest.CaptureFixture) -> None:
+    """``dckd train`` (no --local) hands the config to the runner the Ray layer registers."""
+    from dckd.cli import train as train_cli
+
+    calls = []
+    monkeypatch.setattr(train_cli, "load_runner", lambda name: lambda *a: calls.append((name, *a)) or {"ok": 1})
+    cfg = write_config(tmp_path, hr_folder)
+    assert main(["train", str(cfg), "--set", "train.iterations=3"]) == 0
+    assert calls == [("train", str(cfg), ["train.iterations=3"], None)]
+    import trainers.train
+
+    assert train_cli.__dict__["entry_points"](group="dckd.runners")["train"].load() is trainers.train.run
 
 
 def test_bench_report_on_tiny_pair(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:

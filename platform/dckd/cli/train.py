@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any
 
 from dckd.config import load_config
 from dckd.errors import ConfigError
@@ -14,12 +17,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="experiment YAML")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field by its dotted path, e.g. --set train.iterations=1000")
-    p.add_argument("--local", action="store_true", help="run in this process (no Ray)")
+    p.add_argument("--local", action="store_true",
+                   help="run in this process (no Ray); default: Ray Train workers (config section 'ray')")
     p.add_argument("--fresh", action="store_true",
                    help="ignore checkpoints already in the run directory instead of resuming from them")
     p.add_argument("--check", action="store_true", help="validate the config, print it and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite in the runs folder)")
     p.set_defaults(func=run)
+
+
+def load_runner(name: str) -> Callable[..., Any]:
+    """A runner the Ray layer registers under the ``dckd.runners`` entry-point group."""
+    for ep in entry_points(group="dckd.runners"):
+        if ep.name == name:
+            return ep.load()
+    raise ConfigError(f"no '{name}' runner is installed (the Ray layer, trainers/): use --local, "
+                      "or install the project with `pip install -e .`")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,11 +43,13 @@ def run(args: argparse.Namespace) -> int:
         print(cfg.to_yaml())
         return 0
     if not args.local:
-        raise ConfigError(
-            "the Ray runner is not part of this installation yet: run with --local to train in this process"
-        )
+        runner = load_runner("train")
+        summary = runner(args.config, args.overrides, args.tracking_uri)
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
     from dckd.loop import train_local
 
-    summary = train_local(cfg, resume=not args.fresh, progress=not args.no_progress)
+    summary = train_local(cfg, resume=not args.fresh, progress=not args.no_progress,
+                          tracking_uri=args.tracking_uri)
     print(json.dumps(summary, indent=2))
     return 0

@@ -5,15 +5,21 @@ from __future__ import annotations
 from dckd.config import BenchmarkConfig, ExperimentConfig, TrainDataConfig
 from dckd.data.datasets import BenchmarkSet
 from dckd.data.pairs import ImagePair, folder_pairs, sr_pairs
+from dckd.storage import resolve_local
 
 
 def pairs_for(section: TrainDataConfig | BenchmarkConfig, task: str, scale: int) -> list[ImagePair]:
-    """SR: HR folder with LR read from ``lr_dir`` or generated; deblur/derain: input and target folders."""
+    """SR: HR folder with LR read from ``lr_dir`` or generated; deblur/derain: input and target folders.
+
+    A folder given as ``s3://bucket/prefix`` is synced to the node cache first (once per node,
+    see :func:`dckd.storage.sync_to_cache`), so the loaders below only ever see local files.
+    """
     if task == "sr":
         assert section.hr_dir is not None  # enforced by ExperimentConfig
-        return sr_pairs(section.hr_dir, scale, lr_dir=section.lr_dir)
+        lr_dir = resolve_local(section.lr_dir) if section.lr_dir is not None else None
+        return sr_pairs(resolve_local(section.hr_dir), scale, lr_dir=lr_dir)
     assert section.input_dir is not None and section.target_dir is not None
-    return folder_pairs(section.input_dir, section.target_dir)
+    return folder_pairs(resolve_local(section.input_dir), resolve_local(section.target_dir))
 
 
 def train_pairs(cfg: ExperimentConfig) -> list[ImagePair]:

@@ -1,0 +1,70 @@
+"""``ray start --head`` on loopback, then ``ray job submit ... -- python -m trainers.train``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import RAY_TEST_ENV
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_head(temp_dir: str) -> None:
+    """Stop only the processes of the head node this test started (another Ray may be running)."""
+    procs = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(temp_dir in part for part in proc.info["cmdline"] or []):
+                procs.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    for proc in procs:
+        proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    for proc in alive:
+        proc.kill()
+
+
+def test_job_submit_runs_a_tiny_training(tmp_path: Path, hr_folder: Path) -> None:
+    env = {**os.environ, **RAY_TEST_ENV}
+    env.pop("RAY_ADDRESS", None)
+    temp_dir = tempfile.mkdtemp(prefix="rayjob", dir="/tmp")  # unix socket paths must stay short
+    gcs, dash = free_port(), free_port()
+    try:
+        subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1",
+                        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
+                        "--num-cpus=3", "--disable-usage-stats", f"--temp-dir={temp_dir}"],
+                       env=env, check=True, capture_output=True, timeout=180)
+        overrides = [f"data.train.hr_dir={hr_folder}", f"data.val.0.hr_dir={hr_folder}",
+                     f"output_dir={tmp_path / 'run'}", f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+                     "train.iterations=4"]
+        cmd = [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--",
+               sys.executable, "-m", "trainers.train", str(ROOT / "experiments" / "smoke.yaml")]
+        for o in overrides:
+            cmd += ["--set", o]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420, cwd=ROOT)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert "succeeded" in (out.stdout + out.stderr).lower()
+        assert (tmp_path / "run" / "student.pth").is_file()
+        assert '"iteration": 4' in out.stdout
+    finally:
+        stop_head(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,0 +1,252 @@
+"""MLflow tracking against an embedded sqlite store, and tiled restoration."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dckd.cli import main
+from dckd.config import load_config
+from dckd.imageio import read_image
+from dckd.loop import latest_checkpoint, train_local
+from dckd.restore import restore_image
+from dckd.tracking import (
+    PARAM_VALUE_LIMIT,
+    RunTracker,
+    flatten_config,
+    load_student,
+    redact,
+    resolve_tracking_uri,
+    sample_panel,
+    scrub,
+    secret_values,
+)
+from tests.conftest import tiny_config_dict
+
+
+def _sqlite(tmp_path: Path) -> str:
+    return f"sqlite:///{(tmp_path / 'mlflow.db').resolve().as_posix()}"
+
+
+def _artifacts(client, run_id: str, path: str | None = None) -> list[str]:
+    out = []
+    for a in client.list_artifacts(run_id, path):
+        out += _artifacts(client, run_id, a.path) if a.is_dir else [a.path]
+    return out
+
+
+# --------------------------------------------------------------------------- pure functions
+def test_tracking_uri_precedence(tmp_path: Path, hr_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = tiny_config_dict(hr_folder, tmp_path / "runs" / "tiny")
+    cfg = load_config(data=data)
+    assert resolve_tracking_uri(cfg) == f"sqlite:///{(tmp_path / 'runs').resolve()}/mlflow.db"
+    assert resolve_tracking_uri(cfg).startswith("sqlite:////")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
+    assert resolve_tracking_uri(cfg) == "http://env:5000"
+    data["tracking"] = {"tracking_uri": "http://cfg:5000"}
+    cfg = load_config(data=data)
+    assert resolve_tracking_uri(cfg) == "http://cfg:5000"
+    assert resolve_tracking_uri(cfg, "http://cli:5000") == "http://cli:5000"
+
+
+def test_flatten_config_dotted_json_truncated(tmp_path: Path, hr_folder: Path) -> None:
+    data = tiny_config_dict(hr_folder, tmp_path / "run")
+    data["tracking"] = {"register_as": "x" * (PARAM_VALUE_LIMIT + 50)}
+    flat = flatten_config(load_config(data=data))
+    assert flat["name"] == "tiny" and flat["train.iterations"] == "10"
+    assert flat["student.preset"] == "rcan_tiny_x2_student"
+    assert json.loads(flat["method.dcr.level_weights"]) == pytest.approx([1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0])
+    assert flat["method.dcr.history.growth_milestones"] == "[8]"
+    assert flat["student.args"] == "{}" and flat["teacher.checkpoint"] == "null"
+    assert flat["data.train.hflip"] == "true"
+    assert len(flat["tracking.register_as"]) == PARAM_VALUE_LIMIT
+    assert all(isinstance(v, str) for v in flat.values()) and not any(k.startswith(".") for k in flat)
+
+
+def test_scrub_masks_secret_env_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = secrets.token_hex(12)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "tok-" + secret[:8])
+    monkeypatch.setenv("SOME_PASSWORD", "1")  # too short to be a credential: must not mask every "1"
+    assert secret in secret_values() and "1" not in secret_values()
+    assert scrub(secret) == "***" and scrub(f"s3://b/{secret}/x") == "***"
+    assert scrub("tok-" + secret[:8]) == "***" and scrub("lr 1e-4") == "lr 1e-4"
+    assert scrub("https://bob:hunter22@host/x") == "https://bob:***@host/x"
+    assert redact(f"a: {secret}\nb: 1\n") == "a: ***\nb: 1\n"
+
+
+def test_sample_panel_without_teacher() -> None:
+    lq, out, gt = torch.rand(3, 5, 6), torch.rand(3, 10, 12), torch.rand(3, 10, 12)
+    panel = sample_panel(lq, None, out, gt)
+    assert panel.dtype == np.uint8 and panel.shape == (10, 3 * 12 + 2 * 2, 3)
+    assert np.array_equal(panel[:, -12:], (gt.permute(1, 2, 0) * 255).round().byte().numpy())
+    assert np.array_equal(panel[::2, :12:2], (lq.permute(1, 2, 0) * 255).round().byte().numpy())
+    assert sample_panel(lq, out, out, gt).shape == (10, 4 * 12 + 3 * 2, 3)
+
+
+def test_disabled_tracker_is_a_noop(tmp_path: Path, hr_folder: Path) -> None:
+    data = tiny_config_dict(hr_folder, tmp_path / "runs" / "tiny")
+    data["tracking"] = {"enabled": False, "tracking_uri": _sqlite(tmp_path)}
+    t = RunTracker(load_config(data=data))
+    assert t.start() is None
+    t.log_params_once()
+    t.log_config()
+    t.log_metrics({"rec": 1.0}, step=1)
+    assert t.log_samples(1, torch.rand(1, 3, 4, 4), None, torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8)) == []
+    assert t.log_student(nn.Identity(), np.zeros((1, 3, 4, 4), np.float32), "x", "champion") is None
+    t.end()
+    assert not list(tmp_path.rglob("*.db"))
+
+
+# --------------------------------------------------------------------------- against sqlite
+def test_secret_never_reaches_params_tags_or_config_artifact(
+    tmp_path: Path, hr_folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from mlflow import MlflowClient
+
+    secret = secrets.token_hex(16)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    data = tiny_config_dict(hr_folder, tmp_path / "runs" / "tiny")
+    data["name"] = f"run-{secret}"
+    data["tracking"] = {"tracking_uri": _sqlite(tmp_path), "experiment": f"exp-{secret}"}
+    cfg = load_config(data=data)
+    tracker = RunTracker(cfg)
+    run_id = tracker.start()
+    tracker.log_params_once()
+    tracker.log_config()
+    tracker.log_metrics({f"val/{secret}/psnr": 20.0, "rec": 0.5}, step=1)
+    tracker.end()
+
+    client = MlflowClient(_sqlite(tmp_path))
+    run = client.get_run(run_id)
+    assert run.data.params["name"] == "***" and run.data.params["train.iterations"] == "10"
+    texts = [*run.data.params.items(), *run.data.tags.items(), *((k, "") for k in run.data.metrics)]
+    assert not [kv for kv in texts if secret in kv[0] or secret in kv[1]]
+    assert set(run.data.metrics) == {"val/___/psnr", "rec"}
+    config_yaml = Path(client.download_artifacts(run_id, "config.yaml", str(tmp_path))).read_text()
+    assert secret not in config_yaml and "name: run-***" in config_yaml
+    assert all(secret not in e.name for e in client.search_experiments())
+    out = capsys.readouterr()
+    assert secret not in out.out + out.err
+
+
+def test_child_run_and_resume_by_id(tmp_path: Path, hr_folder: Path) -> None:
+    """A tracker given a run id continues that run (params kept); a parent id makes a nested run."""
+    from mlflow import MlflowClient
+
+    data = tiny_config_dict(hr_folder, tmp_path / "runs" / "tiny")
+    data["tracking"] = {"tracking_uri": _sqlite(tmp_path), "experiment": "nest"}
+    parent = RunTracker(load_config(data=data))
+    parent_id = parent.start()
+    parent.log_params_once()
+    parent.end("KILLED")
+    data["train"]["iterations"] = 20  # a changed value is not re-logged (MLflow forbids it)
+    again = RunTracker(load_config(data=data), run_id=parent_id)
+    assert again.start() == parent_id and again.resumed
+    again.log_params_once()
+    child = RunTracker(load_config(data=data), parent_run_id=parent_id)
+    child_id = child.start()
+    child.end()
+    again.end()
+    client = MlflowClient(_sqlite(tmp_path))
+    assert client.get_run(parent_id).data.params["train.iterations"] == "10"
+    assert client.get_run(parent_id).info.status == "FINISHED"
+    assert client.get_run(child_id).data.tags["mlflow.parentRunId"] == parent_id
+    assert len(client.search_runs([client.get_experiment_by_name("nest").experiment_id])) == 2
+
+
+def test_tiny_run_is_tracked_resumed_and_registered(
+    tmp_path: Path, hr_folder: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """stop at 2, resume to 4: one MLflow run with everything, and the registered student loads back."""
+    from mlflow import MlflowClient
+
+    uri = _sqlite(tmp_path)
+    data = tiny_config_dict(hr_folder, tmp_path / "runs" / "tiny", method="logits",
+                            iterations=4, val_every=2, log_every=2)
+    data["tracking"] = {"tracking_uri": uri}
+    first = train_local(load_config(data=data), stop_at=2, progress=False)
+    client = MlflowClient(uri)
+    run_id = first["mlflow_run_id"]
+    assert client.get_run(run_id).info.status == "KILLED"  # interrupted, not finished
+    assert torch.load(latest_checkpoint(tmp_path / "runs" / "tiny"), weights_only=True)["extra"] == {
+        "mlflow_run_id": run_id}
+
+    second = train_local(load_config(data=data), progress=False)
+    assert second["finished"] and second["mlflow_run_id"] == run_id
+    exp = client.get_experiment_by_name("dckd")
+    runs = client.search_runs([exp.experiment_id])
+    assert [r.info.run_id for r in runs] == [run_id]
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.tags["mlflow.runName"] == "tiny"
+    assert run.data.params["method.preset"] == "logits" and run.data.params["scale"] == "2"
+    for key in ("rec", "kd", "total", "lr", "images_per_s", "val/crops/psnr", "val/crops/ssim"):
+        assert [m.step for m in client.get_metric_history(run_id, key)] == [2, 4], key
+    psnr = client.get_metric_history(run_id, "val/crops/psnr")[-1].value
+    assert psnr == pytest.approx(second["val"]["crops"]["psnr"])
+
+    files = _artifacts(client, run_id)
+    assert {"config.yaml", "summary.json", "checkpoints/iter_000000004.pt", "student_weights/weights.pt",
+            "student_weights/spec.json", "samples/iter_0000002_0.png", "samples/iter_0000002_1.png",
+            "samples/iter_0000004_0.png", "samples/iter_0000004_1.png"} <= set(files)
+    sample = read_image(client.download_artifacts(run_id, "samples/iter_0000004_0.png", str(tmp_path)))
+    assert sample.shape == (64, 4 * 64 + 3 * 2, 3)  # input | teacher | student | GT, 64x64 GT crops
+
+    version = client.get_model_version_by_alias("tiny-student", "champion")
+    assert int(version.version) == 1 and version.run_id == run_id
+    final = torch.load(latest_checkpoint(tmp_path / "runs" / "tiny"), weights_only=True)
+    for model_uri in ("models:/tiny-student@champion", "models:/tiny-student/1", f"runs:/{run_id}"):
+        student = load_student(model_uri, tracking_uri=uri)
+        assert not student.training and student.scale == 2
+        for name, value in final["ema"].items():
+            assert torch.equal(student.state_dict()[name], value), (model_uri, name)
+
+    # dckd restore: registry alias and training checkpoint give the same pixels (tiles with blending).
+    out_m, out_c = tmp_path / "by_model", tmp_path / "by_ckpt"
+    assert main(["restore", "--model", "models:/tiny-student@champion", "--tracking-uri", uri,
+                 str(hr_folder), str(out_m), "--tile", "24", "--overlap", "6", "--device", "cpu"]) == 0
+    assert main(["restore", "--checkpoint", str(latest_checkpoint(tmp_path / "runs" / "tiny")),
+                 str(hr_folder), str(out_c), "--tile", "24", "--overlap", "6", "--device", "cpu"]) == 0
+    names = sorted(p.name for p in out_m.iterdir())
+    assert names == sorted(p.name for p in out_c.iterdir()) == [f"img{i}.png" for i in range(4)]
+    for name in names:
+        a, b = read_image(out_m / name), read_image(out_c / name)
+        assert a.shape == (128, 128, 3) and np.array_equal(a, b)
+    capsys.readouterr()
+
+
+# --------------------------------------------------------------------------- tiled restoration
+class _Local(nn.Module):
+    """Fully convolutional x``scale``: two 3x3 convolutions (receptive radius 2 LR pixels)."""
+
+    def __init__(self, scale: int) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(8, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.body(x))
+
+
+@pytest.mark.parametrize("scale", [1, 2, 3])
+def test_tiled_restoration_matches_whole_image(scale: int) -> None:
+    rng = np.random.default_rng(scale)
+    img = rng.integers(0, 256, size=(45, 37, 3), dtype=np.uint8)
+    model = _Local(scale).train()
+    whole = restore_image(model, img, scale, tile=0)
+    assert whole.shape == (45 * scale, 37 * scale, 3) and model.training  # mode put back
+    assert np.array_equal(restore_image(model, img, scale, tile=64, overlap=16), whole)
+    assert np.array_equal(restore_image(model, img, scale, tile=45, overlap=8), whole)
+    tiled = restore_image(model, img, scale, tile=20, overlap=8)  # margin 8 // 4 = receptive radius
+    diff = np.abs(tiled.astype(int) - whole.astype(int))
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99
+    with pytest.raises(ValueError, match="overlap"):
+        restore_image(model, img, scale, tile=20, overlap=10)

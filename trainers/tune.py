@@ -1,0 +1,302 @@
+"""Ray Tune sweeps over Train runs: ``dckd tune SWEEP.yaml`` and ``python -m trainers.tune SWEEP.yaml``.
+
+The pattern Ray documents for Train V2: a ``Tuner`` over a driver function, each trial
+building a ``TorchTrainer`` named after its trial id, with ``TuneReportCallback`` passing
+the workers' reports to Tune (and to ASHA). A sweep file names a base experiment, the axes
+(any dotted config field) and the search:
+
+    name: negatives
+    base: experiments/demo.yaml
+    set: ["train.iterations=200"]          # overrides of the base for every trial
+    search:
+      method.dcr.num_negatives: {grid: [1, 3, 5]}
+      method.dcr.weight: {grid: [0.01, 0.1, 1.0]}
+      method.dcr.history.update_every: {choice: [500, 1000, 2000]}
+      optim.lr: {loguniform: [1.0e-5, 1.0e-3]}
+    num_samples: 1                          # repeats of the grid / random draws
+    scheduler: {name: asha, grace_period: 100}
+
+Every bad axis is refused before any trial starts. At the end: ``results.csv``,
+``results.md`` and one plot per swept axis (validation PSNR against the axis, as the
+paper's Fig. 8 and Table 7), in the sweep's output folder and on the sweep's MLflow run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dckd.config import ExperimentConfig, load_config
+from dckd.errors import ConfigError, DckdError
+
+Spec = dict[str, list[Any]]
+
+
+class SchedulerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["asha", "fifo"] = "asha"
+    metric: str = "val_psnr"
+    mode: Literal["max", "min"] = "max"
+    grace_period: int = Field(default=1, ge=1, description="iterations before a trial may be stopped")
+    reduction_factor: int = Field(default=2, ge=2)
+
+
+class SweepConfig(BaseModel):
+    """A sweep file; ``search`` maps dotted config fields to one of grid/choice/uniform/loguniform."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    base: str
+    set: list[str] = Field(default_factory=list)
+    search: dict[str, dict[Literal["grid", "choice", "uniform", "loguniform", "randint"], list[Any]]]
+    num_samples: int = Field(default=1, ge=1)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    max_concurrent: int | None = Field(default=None, ge=1)
+    output_dir: str = "runs/sweeps/${name}"
+    tracking_uri: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind_per_axis(self) -> SweepConfig:
+        for key, spec in self.search.items():
+            if len(spec) != 1:
+                raise ValueError(f"search.{key}: give exactly one of grid, choice, uniform, loguniform, randint")
+            kind, values = next(iter(spec.items()))
+            if not values or (kind in ("uniform", "loguniform", "randint") and len(values) != 2):
+                raise ValueError(f"search.{key}.{kind}: needs {'[low, high]' if kind != 'grid' else 'values'}")
+        return self
+
+    @property
+    def out(self) -> Path:
+        return Path(self.output_dir.replace("${name}", self.name)).expanduser().resolve()
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[SweepConfig, ExperimentConfig]:
+    """Read the sweep and check every axis against the base config before anything runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: sweep file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+        sweep = SweepConfig.model_validate(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except ValidationError as exc:
+        lines = [f"{path}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("\n".join(lines)) from None
+    base_path = Path(sweep.base)
+    if not base_path.is_absolute() and not base_path.exists():
+        base_path = path.parent / sweep.base
+    sweep = sweep.model_copy(update={"base": str(base_path), "set": sweep.set + list(overrides or [])})
+    base = load_config(base_path, sweep.set)
+    for key, spec in sweep.search.items():
+        kind, values = next(iter(spec.items()))
+        probes = values if kind in ("grid", "choice") else values[:1]
+        for value in probes:
+            try:
+                load_config(base_path, [*sweep.set, f"{key}={json.dumps(value)}"])
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: search.{key} = {value!r} makes an invalid experiment:\n{exc}") from None
+    return sweep, base
+
+
+def param_space(sweep: SweepConfig) -> dict[str, Any]:
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for key, spec in sweep.search.items():
+        kind, values = next(iter(spec.items()))
+        space[key] = {
+            "grid": lambda v: tune.grid_search(v),
+            "choice": lambda v: tune.choice(v),
+            "uniform": lambda v: tune.uniform(*v),
+            "loguniform": lambda v: tune.loguniform(*v),
+            "randint": lambda v: tune.randint(*v),
+        }[kind](values)
+    return space
+
+
+def trial_overrides(sweep: SweepConfig, params: dict[str, Any], trial_id: str) -> list[str]:
+    return [*sweep.set, *(f"{k}={json.dumps(v)}" for k, v in params.items()),
+            f"name={sweep.name}-{trial_id}", f"output_dir={sweep.out / 'trials' / trial_id}"]
+
+
+def _trial(params: dict[str, Any]) -> None:
+    """One Tune trial: a Train run of the base experiment with this trial's values."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from trainers.driver import build_trainer
+
+    meta = params.pop("__sweep__")
+    sweep = SweepConfig.model_validate(meta["sweep"])
+    trial_id = tune.get_context().get_trial_id()
+    cfg = load_config(sweep.base, trial_overrides(sweep, params, trial_id))
+    trainer = build_trainer(cfg, tracking_uri=meta["tracking_uri"], parent_run_id=meta["parent_run_id"],
+                            run_name=trial_id, callbacks=[TuneReportCallback()])
+    trainer.fit()
+
+
+def concurrency(sweep: SweepConfig, base: ExperimentConfig) -> int:
+    """Trials that fit at once: each takes a CPU for its driver plus its workers' resources."""
+    import ray
+
+    if sweep.max_concurrent:
+        return sweep.max_concurrent
+    res = ray.cluster_resources()
+    per_trial_cpu = 1 + base.ray.num_workers * base.ray.cpus_per_worker
+    fits = int(res.get("CPU", 1) // per_trial_cpu)
+    if base.ray.use_gpu:
+        fits = min(fits, int(res.get("GPU", 0) // (base.ray.num_workers * base.ray.gpus_per_worker)))
+    return max(1, fits)
+
+
+def run_sweep(path: str | Path, overrides: list[str] | None = None, tracking_uri: str | None = None) -> dict:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from dckd.tracking import RunTracker, resolve_tracking_uri
+    from trainers.driver import ensure_ray
+
+    sweep, base = load_sweep(path, overrides)
+    ensure_ray(base.ray.address)
+    uri = tracking_uri or sweep.tracking_uri or resolve_tracking_uri(base)
+    parent = RunTracker(base.model_copy(update={"name": f"sweep-{sweep.name}"}), tracking_uri=uri)
+    parent_id = parent.start()
+    parent.log_params_once()
+    parent.client.set_tag(parent_id, "dckd.sweep", sweep.name)
+    for key, spec in sweep.search.items():
+        parent.client.log_param(parent_id, f"sweep.search.{key}", json.dumps(spec))
+    s = sweep.scheduler
+    scheduler = (ASHAScheduler(time_attr="iteration", max_t=base.train.iterations, grace_period=s.grace_period,
+                               reduction_factor=s.reduction_factor)
+                 if s.name == "asha" else FIFOScheduler())
+    space = param_space(sweep)
+    space["__sweep__"] = {"sweep": sweep.model_dump(mode="json"), "tracking_uri": uri, "parent_run_id": parent_id}
+    sweep.out.mkdir(parents=True, exist_ok=True)
+    tuner = tune.Tuner(
+        _trial,
+        param_space=space,
+        tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, scheduler=scheduler,
+                                    num_samples=sweep.num_samples,
+                                    max_concurrent_trials=concurrency(sweep, base)),
+        run_config=tune.RunConfig(name=sweep.name, storage_path=str(sweep.out / "tune")),
+    )
+    grid = tuner.fit()
+    rows = results_rows(grid, list(sweep.search), s.metric)
+    files = write_results(rows, list(sweep.search), sweep.out, s.metric)
+    for f in files:
+        parent.log_artifact(f)
+    best = max((r for r in rows if r.get(s.metric) is not None), key=lambda r: r[s.metric] * (1 if s.mode == "max"
+               else -1), default=None)
+    if best is not None:
+        parent.log_metrics({f"best_{s.metric}": best[s.metric]}, step=0)
+    parent.end()
+    return {"sweep": sweep.name, "trials": len(rows), "best": best, "files": [str(f) for f in files],
+            "mlflow_parent_run_id": parent_id}
+
+
+def results_rows(grid, axes: list[str], metric: str) -> list[dict[str, Any]]:
+    rows = []
+    for result in grid:
+        cfg = {k: v for k, v in (result.config or {}).items() if k != "__sweep__"}
+        m = result.metrics or {}
+        row = {"trial": m.get("trial_id", ""), **{a: cfg.get(a) for a in axes},
+               metric: m.get(metric), "iteration": m.get("iteration"),
+               "status": "error" if result.error else "ok"}
+        row.update({k: v for k, v in m.items() if k.startswith("val/")})
+        rows.append(row)
+    return rows
+
+
+def write_results(rows: list[dict[str, Any]], axes: list[str], out: Path, metric: str) -> list[Path]:
+    """CSV, Markdown and a plot of ``metric`` against each swept axis."""
+    columns = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("trial", *axes), k.startswith("val/"), k))
+    csv_path = out / "results.csv"
+    with csv_path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    md_path = out / "results.md"
+    ordered = sorted(rows, key=lambda r: -(r.get(metric) or -math.inf))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in ordered:
+        lines.append("| " + " | ".join(_cell(r.get(c)) for c in columns) + " |")
+    md_path.write_text("\n".join(lines) + "\n")
+    return [csv_path, md_path, *plot_axes(rows, axes, out, metric)]
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 100 else f"{value:.2f}"
+    return "" if value is None else str(value)
+
+
+def plot_axes(rows: list[dict[str, Any]], axes: list[str], out: Path, metric: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for axis in axes:
+        points = [(r[axis], r[metric]) for r in rows if r.get(metric) is not None and r.get(axis) is not None]
+        if not points:
+            continue
+        fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=120)
+        numeric = all(isinstance(x, int | float) and not isinstance(x, bool) for x, _ in points)
+        groups: dict[Any, list[float]] = {}
+        for x, y in points:
+            groups.setdefault(x, []).append(y)
+        keys = sorted(groups) if numeric else list(groups)
+        means = [sum(groups[k]) / len(groups[k]) for k in keys]
+        if numeric:
+            ax.scatter([x for x, _ in points], [y for _, y in points], s=12, alpha=0.5, color="tab:gray")
+            ax.plot(keys, means, marker="o", color="tab:blue")
+            if len(keys) > 2 and min(keys) > 0 and max(keys) / min(keys) >= 100:
+                ax.set_xscale("log")
+        else:
+            ax.bar([str(k) for k in keys], means, color="tab:blue")
+        ax.set_xlabel(axis)
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = out / f"plot_{axis.replace('.', '_')}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def run(sweep_path: str, overrides: list[str] | None = None, tracking_uri: str | None = None) -> dict:
+    """The runner registered for ``dckd tune``."""
+    return run_sweep(sweep_path, overrides, tracking_uri)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainers.tune", description="Run a Tune sweep of Train runs.")
+    p.add_argument("sweep")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the base experiment for every trial")
+    p.add_argument("--tracking-uri", default=None)
+    args = p.parse_args(argv)
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    try:
+        summary = run(args.sweep, args.overrides, args.tracking_uri)
+    except DckdError as exc:
+        print(f"trainers.tune: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
