@@ -48,6 +48,8 @@ def tiny_config_dict(hr_dir: Path, out_dir: Path, method: str = "dckd", **train:
         "optim": {"lr": 1e-3},
         "train": {"iterations": 10, "batch_size": 2, "val_every": 1000, "ckpt_every": 1000,
                   "log_every": 5, "threads": 1, "device": "cpu", **train},
+        # Tests that check tracking replace this section; the others skip MLflow's cost.
+        "tracking": {"enabled": False},
     }
 
 

@@ -163,7 +163,7 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, tracking_uri
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from dckd.tracking import RunTracker, resolve_tracking_uri
+    from dckd.tracking import RunTracker, resolve_tracking_uri, scrub
     from trainers.driver import ensure_ray
 
     sweep, base = load_sweep(path, overrides)
@@ -172,9 +172,10 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, tracking_uri
     parent = RunTracker(base.model_copy(update={"name": f"sweep-{sweep.name}"}), tracking_uri=uri)
     parent_id = parent.start()
     parent.log_params_once()
-    parent.client.set_tag(parent_id, "dckd.sweep", sweep.name)
-    for key, spec in sweep.search.items():
-        parent.client.log_param(parent_id, f"sweep.search.{key}", json.dumps(spec))
+    if parent_id is not None:
+        parent.client.set_tag(parent_id, "dckd.sweep", sweep.name)
+        for key, spec in sweep.search.items():
+            parent.client.log_param(parent_id, f"sweep.search.{key}", scrub(json.dumps(spec)))
     s = sweep.scheduler
     scheduler = (ASHAScheduler(time_attr="iteration", max_t=base.train.iterations, grace_period=s.grace_period,
                                reduction_factor=s.reduction_factor)

@@ -20,8 +20,8 @@ import torch
 from dckd.config import load_config
 from dckd.data.specs import benchmark_sets
 from dckd.engine import Engine
-from dckd.evaluation import evaluate_sets, protocol_for
-from dckd.loop import make_loader
+from dckd.evaluation import protocol_for
+from dckd.loop import make_loader, validate_and_log, window_record
 
 STATE_FILE = "state.pt"
 
@@ -88,10 +88,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         window.append(engine.train_step(batch["lq"], batch["gt"]))
         t = engine.iteration
         if t % cfg.train.log_every == 0 or t == total:
-            elapsed = time.perf_counter() - tic
-            record = {k: float(torch.stack([w[k] for w in window]).mean()) for k in window[0]}
-            record["lr"] = engine.lr(t)
-            record["images_per_s"] = len(window) * cfg.train.batch_size * world / max(elapsed, 1e-9)
+            record = window_record(window, engine, time.perf_counter() - tic, world_size=world)
             last.update(record)
             if tracker is not None:
                 tracker.log_metrics(record, step=t)
@@ -101,13 +98,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if not (is_val or is_ckpt):
             continue
         if is_val and rank == 0 and vals:
-            results = evaluate_sets(engine.eval_model(), vals, protocol, engine.device)
+            results = validate_and_log(engine, vals, protocol, tracker)
             for name, m in results.items():
                 last[f"val/{name}/psnr"], last[f"val/{name}/ssim"] = m["psnr"], m["ssim"]
             last["val_psnr"] = results[vals[0][0]]["psnr"]  # the first set: what Tune schedules on
-            if tracker is not None:
-                tracker.log_metrics({k: v for k, v in last.items() if k.startswith("val/")}, step=t)
-                _log_samples(tracker, engine, vals[0][1], t)
         metrics = {"iteration": t, **last}
         if is_ckpt and rank == 0:
             with tempfile.TemporaryDirectory() as folder:
@@ -121,16 +115,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         weights = engine.export_weights(cfg.run_dir / "student.pth")
         if tracker is not None:
             tracker.log_artifact(weights)
-            lq = vals[0][1][0]["lq"] if vals else batch["lq"][0]
+            p = cfg.data.train.lq_patch
+            example = vals[0][1][0]["lq"].unsqueeze(0) if vals else torch.zeros(1, 3, p, p)
             register_as = cfg.tracking.register_as or f"{cfg.name}-student"
-            tracker.log_student(engine.ema, lq.unsqueeze(0).numpy(), register_as, cfg.tracking.alias)
+            tracker.log_student(engine.ema, example, register_as, cfg.tracking.alias)
             tracker.end()
-
-
-def _log_samples(tracker, engine: Engine, dataset, step: int) -> None:
-    """Side-by-side restorations of the first validation images: input, teacher, student, truth."""
-    from dckd.tracking import collect_samples
-
-    samples = collect_samples(engine.eval_model(), engine.teacher, dataset, engine.cfg.tracking.samples,
-                              engine.device, engine.cfg.scale)
-    tracker.log_samples(step, *samples)

@@ -147,23 +147,16 @@ def _train(cfg: ExperimentConfig, engine: Engine, tracker: RunTracker, run_dir: 
         t = engine.iteration
         bar.update(1)
         if t % cfg.train.log_every == 0 or t == end:
-            elapsed = time.perf_counter() - tic
-            record = {"kind": "train", "iter": t, "lr": engine.lr(t),
-                      "images_per_s": len(window) * cfg.train.batch_size / max(elapsed, 1e-9)}
-            record.update({k: float(torch.stack([w[k] for w in window]).mean()) for k in window[0]})
-            metrics.write(record)
+            record = window_record(window, engine, time.perf_counter() - tic)
+            metrics.write({"kind": "train", "iter": t, **record})
             bar.set_postfix(loss=f"{record['total']:.4f}")
             if on_log:
-                on_log(record)
-            tracker.log_metrics({k: v for k, v in record.items() if k not in ("kind", "iter")}, step=t)
+                on_log({"kind": "train", "iter": t, **record})
+            tracker.log_metrics(record, step=t)
             window, tic = [], time.perf_counter()
         if vals and (t % cfg.train.val_every == 0 or t == total):
-            last_val = evaluate_sets(engine.eval_model(), vals, protocol, engine.device)
+            last_val = validate_and_log(engine, vals, protocol, tracker)
             metrics.write({"kind": "val", "iter": t, **_flatten(last_val)})
-            tracker.log_metrics({f"val/{k}": v for k, v in _flatten(last_val).items()}, step=t)
-            if tracker.enabled and cfg.tracking.samples:
-                tracker.log_samples(t, *collect_samples(engine.eval_model(), engine.teacher, vals[0][1],
-                                                        cfg.tracking.samples, engine.device, cfg.scale))
             bar.write(f"[{cfg.name}] iter {t}: " + ", ".join(
                 f"{name} {m['psnr']:.2f} dB / {m['ssim']:.4f}" for name, m in last_val.items()), file=sys.stderr)
         if t % cfg.train.ckpt_every == 0 or t == end:
@@ -184,12 +177,33 @@ def _train(cfg: ExperimentConfig, engine: Engine, tracker: RunTracker, run_dir: 
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if tracker.enabled and start_iter < total <= engine.iteration:  # this call finished the run
         tracker.log_checkpoint(checkpoint_path(run_dir, engine.iteration))
-        tracker.log_artifact(run_dir / "summary.json")
+        tracker.log_text((run_dir / "summary.json").read_text(), "summary.json")
         if example is None:
             example = torch.zeros(1, 3, cfg.data.train.lq_patch, cfg.data.train.lq_patch)
         tracker.log_student(engine.ema, example, cfg.tracking.register_as or f"{cfg.name}-student",
                             cfg.tracking.alias)
     return summary
+
+
+def window_record(window: list[dict[str, torch.Tensor]], engine: Engine, elapsed: float,
+                  world_size: int = 1) -> dict[str, float]:
+    """Mean of each loss term over the steps since the last log line, the lr and the throughput."""
+    record = {k: float(torch.stack([w[k] for w in window]).mean()) for k in window[0]}
+    record["lr"] = engine.lr(engine.iteration)
+    record["images_per_s"] = len(window) * engine.cfg.train.batch_size * world_size / max(elapsed, 1e-9)
+    return record
+
+
+def validate_and_log(engine: Engine, vals: list, protocol, tracker: RunTracker | None) -> dict[str, Any]:
+    """Score the evaluated student on every benchmark set; log ``val/<set>/psnr|ssim`` and samples."""
+    results = evaluate_sets(engine.eval_model(), vals, protocol, engine.device)
+    if tracker is not None and tracker.enabled:
+        t = engine.iteration
+        tracker.log_metrics({f"val/{k}": v for k, v in _flatten(results).items()}, step=t)
+        if engine.cfg.tracking.samples:
+            tracker.log_samples(t, *collect_samples(engine.eval_model(), engine.teacher, vals[0][1],
+                                                    engine.cfg.tracking.samples, engine.device, engine.cfg.scale))
+    return results
 
 
 def _flatten(val: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -248,14 +248,21 @@ def _sqlite_path(uri: str) -> Path | None:
     return None if path in ("", ":memory:") else Path(path)
 
 
+_EXAMPLE_SIDE = 32
+
+
 def _example_array(example: np.ndarray | torch.Tensor) -> np.ndarray:
+    """One image, centre-cropped to ``_EXAMPLE_SIDE``: MLflow stores the example as JSON in the model
+    and runs it through the network twice, so a whole benchmark image would cost minutes and megabytes."""
     x = example.detach().float().cpu().numpy() if isinstance(example, torch.Tensor) else np.asarray(example)
     x = x.astype(np.float32)
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4:
         raise ValueError(f"input example must be CHW or 1CHW, got shape {x.shape}")
-    return np.ascontiguousarray(x[:1])
+    h, w = x.shape[-2:]
+    top, left = max(0, (h - _EXAMPLE_SIDE) // 2), max(0, (w - _EXAMPLE_SIDE) // 2)
+    return np.ascontiguousarray(x[:1, :, top:top + _EXAMPLE_SIDE, left:left + _EXAMPLE_SIDE])
 
 
 def _torch_requirement() -> str:
@@ -406,10 +413,17 @@ class RunTracker:
         """The validated config as ``config.yaml``, credentials masked."""
         if not self._on():
             return
+        self.log_text(self.cfg.to_yaml(), "config.yaml")
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """A text artifact (e.g. ``summary.json``), credentials masked: prefer it to log_artifact for text."""
+        if not self._on():
+            return
         with _rng_untouched():
-            self.client.log_text(self.run_id, redact(self.cfg.to_yaml()), "config.yaml")
+            self.client.log_text(self.run_id, redact(text), artifact_file)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """A file as it is (binary artifacts: nothing is masked; text files go through log_text)."""
         if not self._on():
             return
         with _rng_untouched():

@@ -128,6 +128,7 @@ def test_tracked_run_on_server_with_s3_artifacts_restores_from_registry(
     secret = mlflow_s3_env["AWS_SECRET_ACCESS_KEY"]
     data = tiny_config_dict(hr_folder, tmp_path / "runs" / "tiny", method="logits",
                             iterations=4, val_every=2, log_every=2)
+    data["tracking"] = {"enabled": True}
     summary = train_local(load_config(data=data), progress=False, tracking_uri=uri)
     run_id = summary["mlflow_run_id"]
     assert summary["finished"] and run_id

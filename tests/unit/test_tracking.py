@@ -122,6 +122,10 @@ def test_secret_never_reaches_params_tags_or_config_artifact(
     tracker.log_params_once()
     tracker.log_config()
     tracker.log_metrics({f"val/{secret}/psnr": 20.0, "rec": 0.5}, step=1)
+    tracker.log_text(json.dumps({"name": cfg.name}), "summary.json")
+    blob = tmp_path / "iter_000000001.pt"
+    blob.write_bytes(b"a checkpoint whose stored config holds the secret")
+    assert not tracker.log_checkpoint(blob)  # binary: cannot be masked, so it is not uploaded
     tracker.end()
 
     client = MlflowClient(_sqlite(tmp_path))
@@ -132,6 +136,9 @@ def test_secret_never_reaches_params_tags_or_config_artifact(
     assert set(run.data.metrics) == {"val/___/psnr", "rec"}
     config_yaml = Path(client.download_artifacts(run_id, "config.yaml", str(tmp_path))).read_text()
     assert secret not in config_yaml and "name: run-***" in config_yaml
+    summary = Path(client.download_artifacts(run_id, "summary.json", str(tmp_path))).read_text()
+    assert json.loads(summary) == {"name": "run-***"}
+    assert sorted(a.path for a in client.list_artifacts(run_id)) == ["config.yaml", "summary.json"]
     assert all(secret not in e.name for e in client.search_experiments())
     out = capsys.readouterr()
     assert secret not in out.out + out.err
