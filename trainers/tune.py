@@ -43,7 +43,7 @@ Spec = dict[str, list[Any]]
 
 class SchedulerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: Literal["asha", "fifo"] = "asha"
+    name: Literal["asha", "fifo"] = "fifo"
     metric: str = "val_psnr"
     mode: Literal["max", "min"] = "max"
     grace_period: int = Field(default=1, ge=1, description="iterations before a trial may be stopped")

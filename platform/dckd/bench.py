@@ -163,7 +163,7 @@ def _in_child(fn, case: BenchCase) -> dict[str, Any]:
 
 def run_bench(pair: str = "swinir_x4", batch: int = 2, patch: int = 32, vqgan: str = "full",
               steps: int = 5, warmup: int = 1, threads: int | None = None, device: str = "auto",
-              negatives: tuple[int, ...] = (1, 3, 5), progress=print) -> dict[str, Any]:
+              negatives: tuple[int, ...] = (1, 3, 5), progress=print, ray: bool = True) -> dict[str, Any]:
     """All methods of the report, each in its own process; returns the JSON report."""
     common = dict(pair=pair, batch=batch, patch=patch, vqgan=vqgan, steps=steps, warmup=warmup,
                   threads=threads, device=device)
@@ -202,6 +202,8 @@ def run_bench(pair: str = "swinir_x4", batch: int = 2, patch: int = 32, vqgan: s
     for n in negatives:
         report[f"dckd_n{n}_step_ms"] = results[f"dckd_n{n}"]["median_ms"]
         report[f"dckd_n{n}_peak_mem_mb"] = results[f"dckd_n{n}"]["peak_mem_mb"]
+    if ray:
+        report.update(ray_vs_inprocess(progress=progress))
     report["scratch_peak_mem_mb"] = results["scratch"]["peak_mem_mb"]
     report["logits_peak_mem_mb"] = results["logits"]["peak_mem_mb"]
     return report
@@ -217,7 +219,55 @@ def format_table(report: dict[str, Any]) -> str:
              f"{'method':<32}{'step ms':>10}{'peak MB':>10}"]
     for label, key in rows:
         lines.append(f"{label:<32}{report[key + '_step_ms']:>10.1f}{report[key + '_peak_mem_mb']:>10.0f}")
+    if "ray_1worker_iter_ms" in report:
+        lines.append(f"loop: in-process {report['inprocess_iter_ms']:.1f} ms/iteration, 1-worker Ray Train "
+                     f"{report['ray_1worker_iter_ms']:.1f} ms/iteration "
+                     f"({100 * report['ray_overhead_fraction']:+.1f}%)")
     lines.append(f"speed-up of the shared-pass DCKD step over the released structure: "
                  f"{report['speedup_vs_released']:.2f}x; same loss: {report['dckd_loss_matches_released']} "
                  f"(relative difference {report['loss_relative_difference']:.1e})")
     return "\n".join(lines)
+
+
+def loop_overhead_config(data_dir: Path, out_dir: Path, window: int) -> dict[str, Any]:
+    """A small DCKD config on the demo photographs, logged in two windows of ``window`` iterations."""
+    return {
+        "name": "bench-loop", "task": "sr", "scale": 2, "seed": 0, "output_dir": str(out_dir),
+        "teacher": {"preset": "rcan_tiny_x2_teacher"}, "student": {"preset": "rcan_tiny_x2_student"},
+        "data": {"train": {"hr_dir": str(data_dir), "lq_patch": 24, "cache_in_memory": True}},
+        "method": {"preset": "dckd"},
+        "vqgan": {"ch": 32, "num_res_blocks": 1},
+        "train": {"iterations": 2 * window, "batch_size": 4, "log_every": window, "ckpt_every": 2 * window,
+                  "val_every": 10**9, "threads": 1},
+        "tracking": {"enabled": False},
+        "ray": {"num_workers": 1, "max_failures": 0},
+    }
+
+
+def ray_vs_inprocess(window: int = 20, progress=print) -> dict[str, Any]:
+    """Per-iteration time of the same config in this process and on a 1-worker Ray Train run.
+
+    Both run ``Engine.train_step`` through the same loop helpers; the time per iteration is
+    taken from the second logging window, after start-up and warm-up.
+    """
+    import json
+
+    from dckd.cli.train import load_runner
+    from dckd.config import load_config
+    from dckd.demo import prepare_photos
+    from dckd.loop import train_local
+
+    root = Path(tempfile.mkdtemp(prefix="dckd-bench-"))
+    train_dir, _ = prepare_photos(root / "data")
+    data = loop_overhead_config(train_dir, root / "local", window)
+    progress(f"bench: in-process loop, {2 * window} iterations")
+    train_local(load_config(data=data), resume=False, progress=False)
+    lines = [json.loads(x) for x in (root / "local" / "metrics.jsonl").read_text().splitlines()]
+    local_ips = [r for r in lines if r["kind"] == "train"][-1]["images_per_s"]
+    progress(f"bench: 1-worker Ray Train run, {2 * window} iterations")
+    data_ray = dict(data, output_dir=str(root / "ray"))
+    ray_ips = load_runner("bench_ray")(data_ray)
+    b = data["train"]["batch_size"]
+    local_ms, ray_ms = 1000.0 * b / local_ips, 1000.0 * b / ray_ips
+    return {"inprocess_iter_ms": local_ms, "ray_1worker_iter_ms": ray_ms,
+            "ray_overhead_fraction": ray_ms / local_ms - 1.0}

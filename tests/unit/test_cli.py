@@ -77,7 +77,7 @@ def test_bench_report_on_tiny_pair(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     """The whole report, with each case run in this process instead of a spawned one."""
     monkeypatch.setattr(bench, "_in_child", lambda fn, case: fn(case))
     assert main(["bench", "--json", "--pair", "rcan_tiny_x2", "--vqgan", "reduced", "--batch", "1",
-                 "--patch", "8", "--steps", "1", "--warmup", "0", "--threads", "1"]) == 0
+                 "--patch", "8", "--steps", "1", "--warmup", "0", "--threads", "1", "--no-ray"]) == 0
     report = json.loads(capsys.readouterr().out)
     for key in ("scratch_step_ms", "logits_step_ms", "dckd_step_ms", "released_structure_step_ms",
                 "dckd_peak_mem_mb", "dckd_n1_step_ms", "dckd_n3_step_ms", "dckd_n5_step_ms"):

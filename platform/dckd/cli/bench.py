@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--no-ray", action="store_true",
+                   help="skip the in-process vs 1-worker Ray Train loop comparison")
     p.add_argument("--json", action="store_true", help="print one JSON object (progress goes to stderr)")
     p.set_defaults(func=run)
 
@@ -29,6 +31,6 @@ def run(args: argparse.Namespace) -> int:
 
     report = run_bench(pair=args.pair, batch=args.batch, patch=args.patch, vqgan=args.vqgan,
                        steps=args.steps, warmup=args.warmup, threads=args.threads, device=args.device,
-                       progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+                       progress=lambda msg: print(msg, file=sys.stderr, flush=True), ray=not args.no_ray)
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0
