@@ -10,6 +10,18 @@ from skimage import data as skdata
 
 from dckd.imageio import write_image
 
+# Paper Table 1 (#Params, millions, one decimal as printed).
+PAPER_PARAMS_M = {
+    "swinir_x4_teacher": 11.9,
+    "swinir_x4_student": 1.2,
+    "rcan_x4_teacher": 15.6,
+    "rcan_x4_student": 5.2,
+    "nafnet_teacher": 17.1,
+    "nafnet_student": 2.7,
+    "restormer_teacher": 26.1,
+    "restormer_student": 3.8,
+}
+
 
 def photo_crops(size: int = 64, count: int = 4) -> list[np.ndarray]:
     """Crops of real colour photographs (astronaut, coffee, chelsea, rocket)."""

@@ -159,3 +159,13 @@ def to_uint8(tensor: torch.Tensor) -> np.ndarray:
         raise ValueError(f"to_uint8 expects a CHW tensor, got shape {tuple(t.shape)}")
     t = t.to(device="cpu", dtype=torch.float32).clamp(0.0, 1.0).mul(255.0).round()
     return np.ascontiguousarray(t.to(torch.uint8).permute(1, 2, 0).numpy())
+
+
+def images_by_stem(folder: Path) -> dict[str, Path]:
+    """The images of a folder keyed by file name without extension (pairs are matched that way)."""
+    out: dict[str, Path] = {}
+    for p in list_images(folder):
+        if p.stem in out:
+            raise DataError(f"two images share the name {p.stem!r} in {folder}: {out[p.stem].name}, {p.name}")
+        out[p.stem] = p
+    return out

@@ -33,7 +33,7 @@ import numpy as np
 from skimage.metrics import structural_similarity
 
 from dckd.errors import ConfigError, DataError
-from dckd.imageio import list_images, read_image
+from dckd.imageio import images_by_stem, read_image
 
 _Y_COEFFS = np.array([65.481, 128.553, 24.966], dtype=np.float64)
 TASKS: tuple[str, ...] = ("sr", "derain", "deblur")
@@ -151,15 +151,6 @@ DERAIN = Protocol(crop_border=0, y_channel=True, round_y=True)
 DEBLUR = Protocol(crop_border=0, y_channel=False, round_y=False)
 
 
-def _by_stem(folder: Path) -> dict[str, Path]:
-    out: dict[str, Path] = {}
-    for p in list_images(folder):
-        if p.stem in out:
-            raise DataError(f"two images share the name {p.stem!r} in {folder}: {out[p.stem].name}, {p.name}")
-        out[p.stem] = p
-    return out
-
-
 def _list_names(names: list[str], limit: int = 10) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
@@ -176,7 +167,7 @@ def score_folders(
     a mean PSNR is ``inf`` if any image is identical to its ground truth.
     """
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
-    gts, preds = _by_stem(gt_dir), _by_stem(pred_dir)
+    gts, preds = images_by_stem(gt_dir), images_by_stem(pred_dir)
     missing = sorted(set(gts) - set(preds))
     extra = sorted(set(preds) - set(gts))
     if missing or extra:

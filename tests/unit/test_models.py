@@ -22,21 +22,11 @@ from dckd.models import (
     preset_param_count,
 )
 from dckd.models.restorer import _BACKBONES
+from tests.conftest import PAPER_PARAMS_M
 
 # spandrel's NAFNet LayerNorm uses ctx.saved_variables; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:'saved_variables' is deprecated:DeprecationWarning")
 
-# Paper Table 1 (#Params, millions, one decimal as printed).
-PAPER_PARAMS_M = {
-    "swinir_x4_teacher": 11.9,
-    "swinir_x4_student": 1.2,
-    "rcan_x4_teacher": 15.6,
-    "rcan_x4_student": 5.2,
-    "nafnet_teacher": 17.1,
-    "nafnet_student": 2.7,
-    "restormer_teacher": 26.1,
-    "restormer_student": 3.8,
-}
 FULL_SIZE = sorted(n for n, p in PRESETS.items() if not p.tiny)
 TINY = sorted(n for n, p in PRESETS.items() if p.tiny)
 TINY_TEACHER = {

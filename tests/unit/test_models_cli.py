@@ -9,17 +9,7 @@ import pytest
 
 from dckd.cli import models as models_cli
 from dckd.models import PRESETS
-
-PAPER_PARAMS_M = {  # paper Table 1, millions
-    "swinir_x4_teacher": 11.9,
-    "swinir_x4_student": 1.2,
-    "rcan_x4_teacher": 15.6,
-    "rcan_x4_student": 5.2,
-    "nafnet_teacher": 17.1,
-    "nafnet_student": 2.7,
-    "restormer_teacher": 26.1,
-    "restormer_student": 3.8,
-}
+from tests.conftest import PAPER_PARAMS_M
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 
 from dckd.data.matlab_resize import bicubic_lr, modcrop
 from dckd.errors import ConfigError, DataError
-from dckd.imageio import list_images, read_image
+from dckd.imageio import images_by_stem, list_images, read_image
 
 
 @dataclass(frozen=True)
@@ -62,15 +62,6 @@ def sr_pairs(
     return pairs
 
 
-def _by_stem(folder: Path) -> dict[str, Path]:
-    out: dict[str, Path] = {}
-    for p in list_images(folder):
-        if p.stem in out:
-            raise DataError(f"two images share the name {p.stem!r} in {folder}: {out[p.stem].name}, {p.name}")
-        out[p.stem] = p
-    return out
-
-
 def folder_pairs(input_dir: str | os.PathLike[str], target_dir: str | os.PathLike[str]) -> list[ImagePair]:
     """Pairs of degraded input and target with the same stem (deblurring, deraining).
 
@@ -79,7 +70,7 @@ def folder_pairs(input_dir: str | os.PathLike[str], target_dir: str | os.PathLik
     everything after one missing file, so a missing partner is an error here.
     """
     input_dir, target_dir = Path(input_dir), Path(target_dir)
-    inputs, targets = _by_stem(input_dir), _by_stem(target_dir)
+    inputs, targets = images_by_stem(input_dir), images_by_stem(target_dir)
     for stem in sorted(set(targets) - set(inputs)):
         raise DataError(f"no input image in {input_dir} for target {targets[stem]}")
     for stem in sorted(set(inputs) - set(targets)):
