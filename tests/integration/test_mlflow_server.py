@@ -22,7 +22,6 @@ import boto3
 import numpy as np
 import pytest
 import torch
-from moto.server import ThreadedMotoServer
 from skimage import data as skdata
 
 from dckd.cli import main
@@ -45,15 +44,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def mlflow_s3_server() -> Iterator[str]:
-    """A moto S3 endpoint of this module's own (the conftest's session server is left alone)."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+def mlflow_s3_server(s3_server: str) -> str:
+    """The session's moto S3 endpoint (tests/integration/conftest.py); this module uses its own bucket."""
+    return s3_server
 
 
 @pytest.fixture
