@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
 from dckd.config import load_config
-from dckd.errors import DckdError
 
 
 def run(config: str, overrides: list[str], tracking_uri: str | None = None) -> dict:
@@ -22,18 +19,10 @@ def run(config: str, overrides: list[str], tracking_uri: str | None = None) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainers.train", description=__doc__)
-    p.add_argument("config")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--tracking-uri", default=None)
-    args = p.parse_args(argv)
-    try:
-        summary = run(args.config, args.overrides, args.tracking_uri)
-    except DckdError as exc:
-        print(f"trainers.train: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2, default=str))
-    return 0
+    """The same command as ``dckd train`` (one parser, one error format), run on Ray."""
+    from dckd.cli import main as dckd_main
+
+    return dckd_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

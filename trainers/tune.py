@@ -23,7 +23,6 @@ paper's Fig. 8 and Table 7), in the sweep's output folder and on the sweep's MLf
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -36,7 +35,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dckd.config import ExperimentConfig, load_config
-from dckd.errors import ConfigError, DckdError
+from dckd.errors import ConfigError
 
 Spec = dict[str, list[Any]]
 
@@ -167,6 +166,7 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, tracking_uri
     from trainers.driver import ensure_ray
 
     sweep, base = load_sweep(path, overrides)
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials read paths relative to the launch folder
     ensure_ray(base.ray.address)
     uri = tracking_uri or sweep.tracking_uri or resolve_tracking_uri(base)
     parent = RunTracker(base.model_copy(update={"name": f"sweep-{sweep.name}"}), tracking_uri=uri)
@@ -283,20 +283,10 @@ def run(sweep_path: str, overrides: list[str] | None = None, tracking_uri: str |
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainers.tune", description="Run a Tune sweep of Train runs.")
-    p.add_argument("sweep")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field of the base experiment for every trial")
-    p.add_argument("--tracking-uri", default=None)
-    args = p.parse_args(argv)
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    try:
-        summary = run(args.sweep, args.overrides, args.tracking_uri)
-    except DckdError as exc:
-        print(f"trainers.tune: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2, default=str))
-    return 0
+    """The same command as ``dckd tune`` (one parser, one error format)."""
+    from dckd.cli import main as dckd_main
+
+    return dckd_main(["tune", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
