@@ -82,7 +82,12 @@ def ray_local():
         os.environ.setdefault(key, value)
     import ray
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False, object_store_memory=100 * 1024**2,
+    from trainers.driver import dashboard_port
+
+    # The dashboard serves the State API that Ray Train needs to free the resources of a Tune
+    # trial stopped by ASHA (see trainers.driver.ensure_ray).
+    ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1",
+             dashboard_port=dashboard_port(), object_store_memory=100 * 1024**2,
              log_to_driver=False)
     try:
         yield ray

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -20,8 +21,26 @@ RAY_ENV = {
 }
 
 
+def dashboard_port(preferred: int = 8265) -> int:
+    """Ray's usual dashboard port when it is free here, else any free loopback port."""
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise RuntimeError("no free loopback port for the Ray dashboard")
+
+
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to ``address`` (or $RAY_ADDRESS), else start a local instance; reuse one already up."""
+    """Connect to ``address`` (or $RAY_ADDRESS), else start a local instance; reuse one already up.
+
+    A local instance runs the dashboard on loopback: Ray Train's placement-group cleaner asks the
+    State API (served by the dashboard) whether a Train controller has died, and without it the
+    workers' resources of every Tune trial that a scheduler such as ASHA stops stay reserved
+    forever, so the next trials wait for workers that never start.
+    """
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     if ray.is_initialized():
@@ -32,7 +51,19 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     else:
         # Each Train run needs a CPU for its controller besides its workers (see ray-mlflow-s3 notes).
         ray.init(address="local", num_cpus=num_cpus or max(4, (os.cpu_count() or 2) + 2),
-                 include_dashboard=False, log_to_driver=True)
+                 include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dashboard_port(),
+                 log_to_driver=True)
+
+
+def state_api_available(timeout: float = 10.0) -> bool:
+    """Whether the connected cluster answers Ray's State API (needs its dashboard)."""
+    from ray.util.state import list_actors
+
+    try:
+        list_actors(limit=1, timeout=timeout, raise_on_missing_output=False)
+    except Exception:  # noqa: BLE001 - any failure means the API cannot be relied on
+        return False
+    return True
 
 
 def storage_for(cfg: ExperimentConfig) -> tuple[str, Any]:

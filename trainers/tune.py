@@ -96,6 +96,9 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> tuple[Sw
         base_path = path.parent / sweep.base
     sweep = sweep.model_copy(update={"base": str(base_path), "set": sweep.set + list(overrides or [])})
     base = load_config(base_path, sweep.set)
+    if sweep.scheduler.name == "asha" and sweep.scheduler.grace_period >= base.train.iterations:
+        raise ConfigError(f"{path}: scheduler.grace_period = {sweep.scheduler.grace_period} is not below "
+                          f"train.iterations = {base.train.iterations}: ASHA would never stop a trial")
     for key, spec in sweep.search.items():
         kind, values = next(iter(spec.items()))
         probes = values if kind in ("grid", "choice") else values[:1]
@@ -124,8 +127,14 @@ def param_space(sweep: SweepConfig) -> dict[str, Any]:
 
 
 def trial_overrides(sweep: SweepConfig, params: dict[str, Any], trial_id: str) -> list[str]:
+    # Trials log their students; only the sweep's best one goes to the registry (run_sweep).
     return [*sweep.set, *(f"{k}={json.dumps(v)}" for k, v in params.items()),
-            f"name={sweep.name}-{trial_id}", f"output_dir={sweep.out / 'trials' / trial_id}"]
+            f"name={trial_run_name(sweep, trial_id)}", f"output_dir={sweep.out / 'trials' / trial_id}",
+            "tracking.register_student=false"]
+
+
+def trial_run_name(sweep: SweepConfig, trial_id: str) -> str:
+    return f"{sweep.name}-{trial_id}"
 
 
 def _trial(params: dict[str, Any]) -> None:
@@ -163,11 +172,18 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, tracking_uri
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from dckd.tracking import RunTracker, resolve_tracking_uri, scrub
-    from trainers.driver import ensure_ray
+    from trainers.driver import ensure_ray, state_api_available
 
     sweep, base = load_sweep(path, overrides)
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials read paths relative to the launch folder
     ensure_ray(base.ray.address)
+    if sweep.scheduler.name == "asha" and not state_api_available():
+        raise ConfigError(
+            f"{path}: scheduler.name = asha needs the Ray cluster's State API (its dashboard), which does not "
+            "answer here. A trial that ASHA stops ends its Train controller abruptly, and Ray Train frees that "
+            "run's worker resources only after the State API reports the controller dead; without it the "
+            "following trials wait forever. Start Ray with its dashboard (`ray start --head` includes it; "
+            "ray.init(include_dashboard=True)) or use scheduler: {name: fifo}.")
     uri = tracking_uri or sweep.tracking_uri or resolve_tracking_uri(base)
     parent = RunTracker(base.model_copy(update={"name": f"sweep-{sweep.name}"}), tracking_uri=uri)
     parent_id = parent.start()
@@ -177,8 +193,10 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, tracking_uri
         for key, spec in sweep.search.items():
             parent.client.log_param(parent_id, f"sweep.search.{key}", scrub(json.dumps(spec)))
     s = sweep.scheduler
+    # stop_last_trials=False: a trial that reaches the last iteration finishes its Train run
+    # (final weights, model registry, MLflow run end) instead of being stopped at its last report.
     scheduler = (ASHAScheduler(time_attr="iteration", max_t=base.train.iterations, grace_period=s.grace_period,
-                               reduction_factor=s.reduction_factor)
+                               reduction_factor=s.reduction_factor, stop_last_trials=False)
                  if s.name == "asha" else FIFOScheduler())
     space = param_space(sweep)
     space["__sweep__"] = {"sweep": sweep.model_dump(mode="json"), "tracking_uri": uri, "parent_run_id": parent_id}
@@ -192,27 +210,66 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, tracking_uri
         run_config=tune.RunConfig(name=sweep.name, storage_path=str(sweep.out / "tune")),
     )
     grid = tuner.fit()
-    rows = results_rows(grid, list(sweep.search), s.metric)
+    rows = results_rows(grid, list(sweep.search), s.metric, base.train.iterations)
+    if parent_id is not None:
+        close_stopped_runs(parent.client, parent.experiment_id, parent_id)
     files = write_results(rows, list(sweep.search), sweep.out, s.metric)
     for f in files:
         parent.log_artifact(f)
-    best = max((r for r in rows if r.get(s.metric) is not None), key=lambda r: r[s.metric] * (1 if s.mode == "max"
-               else -1), default=None)
+    # The best finished trial: a stopped one's PSNR is from fewer iterations and it has no final student.
+    scored = [r for r in rows if r.get(s.metric) is not None]
+    best = max([r for r in scored if r["status"] == "ok"] or scored,
+               key=lambda r: r[s.metric] * (1 if s.mode == "max" else -1), default=None)
+    registered = None
     if best is not None:
         parent.log_metrics({f"best_{s.metric}": best[s.metric]}, step=0)
+        if parent_id is not None:
+            registered = register_best(parent, parent_id, trial_run_name(sweep, best["trial"]), base, sweep.name)
     parent.end()
     return {"sweep": sweep.name, "trials": len(rows), "best": best, "files": [str(f) for f in files],
-            "mlflow_parent_run_id": parent_id}
+            "mlflow_parent_run_id": parent_id, "registered": registered}
 
 
-def results_rows(grid, axes: list[str], metric: str) -> list[dict[str, Any]]:
+def register_best(parent, parent_id: str, run_name: str, base: ExperimentConfig, sweep_name: str) -> str | None:
+    """Register the best trial's logged student as ``<sweep>-student`` (or ``tracking.register_as``)."""
+    if not base.tracking.register_student:
+        return None
+    runs = parent.client.search_runs([parent.experiment_id], filter_string=(
+        f"tags.mlflow.parentRunId = '{parent_id}' and attributes.run_name = '{run_name}'"))
+    model_id = parent.student_of(runs[0].info.run_id) if runs else None
+    if model_id is None:  # stopped early or failed before its final student: nothing to register
+        return None
+    name = base.tracking.register_as or f"sweep-{sweep_name}-student"
+    version = parent.register_logged_model(model_id, runs[0].info.run_id, name, base.tracking.alias)
+    parent.client.set_tag(parent_id, "dckd.best_trial", run_name)
+    return f"models:/{name}@{base.tracking.alias} (version {version})"
+
+
+def close_stopped_runs(client, experiment_id: str, parent_id: str) -> int:
+    """End the MLflow runs of trials the scheduler stopped early.
+
+    A stopped trial's Train run ends without its closing steps, so its run would stay
+    RUNNING; after the sweep no trial runs, so every child still RUNNING was stopped.
+    """
+    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}' "
+                              "and attributes.status = 'RUNNING'", max_results=10_000)
+    for run in runs:
+        client.set_tag(run.info.run_id, "dckd.stopped_early", "true")
+        client.set_terminated(run.info.run_id, status="KILLED")
+    return len(runs)
+
+
+def results_rows(grid, axes: list[str], metric: str, iterations: int | None = None) -> list[dict[str, Any]]:
+    """One row per trial; ``status`` is ok, stopped (by the scheduler, before ``iterations``) or error."""
     rows = []
     for result in grid:
         cfg = {k: v for k, v in (result.config or {}).items() if k != "__sweep__"}
         m = result.metrics or {}
+        done = m.get("iteration")
+        status = ("error" if result.error else
+                  "stopped" if iterations is not None and done is not None and done < iterations else "ok")
         row = {"trial": m.get("trial_id", ""), **{a: cfg.get(a) for a in axes},
-               metric: m.get(metric), "iteration": m.get("iteration"),
-               "status": "error" if result.error else "ok"}
+               metric: m.get(metric), "iteration": done, "status": status}
         row.update({k: v for k, v in m.items() if k.startswith("val/")})
         rows.append(row)
     return rows

@@ -117,6 +117,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             tracker.log_artifact(weights)
             p = cfg.data.train.lq_patch
             example = vals[0][1][0]["lq"].unsqueeze(0) if vals else torch.zeros(1, 3, p, p)
-            register_as = cfg.tracking.register_as or f"{cfg.name}-student"
-            tracker.log_student(engine.ema, example, register_as, cfg.tracking.alias)
+            tracker.log_student(engine.ema, example, cfg.tracking.registered_name(cfg.name), cfg.tracking.alias)
             tracker.end()

@@ -326,8 +326,13 @@ class TrackingConfig(Strict):
         description="default: $MLFLOW_TRACKING_URI, else a sqlite database in the run directory's parent",
     )
     experiment: str = "dckd"
+    register_student: bool = Field(default=True, description="register the final student (sweeps: only the best)")
     register_as: str | None = Field(default=None, description="registered model name; default <name>-student")
     alias: str = "champion"
+
+    def registered_name(self, run_name: str) -> str | None:
+        """The registry name for the final student, or None when it is only logged."""
+        return (self.register_as or f"{run_name}-student") if self.register_student else None
     samples: int = Field(default=2, ge=0, description="side-by-side sample restorations logged per validation")
 
 

@@ -180,7 +180,7 @@ def _train(cfg: ExperimentConfig, engine: Engine, tracker: RunTracker, run_dir: 
         tracker.log_text((run_dir / "summary.json").read_text(), "summary.json")
         if example is None:
             example = torch.zeros(1, 3, cfg.data.train.lq_patch, cfg.data.train.lq_patch)
-        tracker.log_student(engine.ema, example, cfg.tracking.register_as or f"{cfg.name}-student",
+        tracker.log_student(engine.ema, example, cfg.tracking.registered_name(cfg.name),
                             cfg.tracking.alias)
     return summary
 

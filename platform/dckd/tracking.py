@@ -471,15 +471,15 @@ class RunTracker:
         self,
         model: nn.Module,
         input_example: np.ndarray | torch.Tensor,
-        register_as: str,
+        register_as: str | None,
         alias: str,
     ) -> int | None:
-        """Log the student (pickled MLflow model + weights-only state dict + spec), register it and
-        point ``alias`` at the new version; returns the version (None when tracking is off)."""
+        """Log the student (pickled MLflow model + weights-only state dict + spec), register it as
+        ``register_as`` and point ``alias`` at the new version; returns the version (None when
+        tracking is off or ``register_as`` is None: logged, not registered, as for sweep trials)."""
         if not self._on():
             return None
         import mlflow.pytorch
-        from mlflow.exceptions import MlflowException
         from mlflow.models import ModelSignature, infer_signature
         from mlflow.types import Schema, TensorSpec
 
@@ -505,7 +505,6 @@ class RunTracker:
             # Created here (not by log_model) so the model lands in this run's experiment.
             logged = self.client.create_logged_model(self.experiment_id, name=MODEL_NAME,
                                                      source_run_id=self.run_id)
-            name = scrub(register_as)
             # log_model and the sqlite registry resolve models:/m-<id> through the global URI.
             with _global_tracking_uri(self.tracking_uri or ""):
                 info = mlflow.pytorch.log_model(
@@ -515,15 +514,31 @@ class RunTracker:
                 )
                 if str(self.client.get_logged_model(logged.model_id).status).endswith("PENDING"):
                     self.client.finalize_logged_model(logged.model_id, "READY")
-                try:
-                    self.client.create_registered_model(name)
-                except MlflowException as exc:
-                    if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                        raise
-                version = self.client.create_model_version(name, source=info.model_uri, run_id=self.run_id,
-                                                           model_id=info.model_id)
-            self.client.set_registered_model_alias(name, alias, version.version)
-            return int(version.version)
+            if register_as is None:
+                return None
+            return self.register_logged_model(info.model_id, self.run_id, register_as, alias)
+
+    def register_logged_model(self, model_id: str, run_id: str, register_as: str, alias: str) -> int:
+        """Register a logged student (``models:/<model_id>``, from ``run_id``) and point ``alias`` at it."""
+        from mlflow.exceptions import MlflowException
+
+        name = scrub(register_as)
+        with _global_tracking_uri(self.tracking_uri or ""):  # the sqlite registry resolves models:/m-<id>
+            try:
+                self.client.create_registered_model(name)
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            version = self.client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id,
+                                                       model_id=model_id)
+        self.client.set_registered_model_alias(name, alias, version.version)
+        return int(version.version)
+
+    def student_of(self, run_id: str) -> str | None:
+        """The id of the student logged by ``run_id`` (the newest, if several), or None."""
+        models = self.client.search_logged_models([self.experiment_id], filter_string=f"source_run_id = '{run_id}'",
+                                                  order_by=[{"field_name": "creation_timestamp", "ascending": False}])
+        return models[0].model_id if models else None
 
 
 # --------------------------------------------------------------------------- loading back
