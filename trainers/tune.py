@@ -210,9 +210,9 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, tracking_uri
         run_config=tune.RunConfig(name=sweep.name, storage_path=str(sweep.out / "tune")),
     )
     grid = tuner.fit()
-    rows = results_rows(grid, list(sweep.search), s.metric, base.train.iterations)
-    if parent_id is not None:
-        close_stopped_runs(parent.client, parent.experiment_id, parent_id)
+    stopped = close_stopped_runs(parent.client, parent.experiment_id, parent_id) if parent_id is not None else []
+    rows = results_rows(grid, list(sweep.search), s.metric, base.train.iterations,
+                        {n.removeprefix(f"{sweep.name}-") for n in stopped})
     files = write_results(rows, list(sweep.search), sweep.out, s.metric)
     for f in files:
         parent.log_artifact(f)
@@ -245,29 +245,33 @@ def register_best(parent, parent_id: str, run_name: str, base: ExperimentConfig,
     return f"models:/{name}@{base.tracking.alias} (version {version})"
 
 
-def close_stopped_runs(client, experiment_id: str, parent_id: str) -> int:
-    """End the MLflow runs of trials the scheduler stopped early.
+def close_stopped_runs(client, experiment_id: str, parent_id: str) -> list[str]:
+    """End the MLflow runs of trials the scheduler stopped; returns their run names.
 
-    A stopped trial's Train run ends without its closing steps, so its run would stay
-    RUNNING; after the sweep no trial runs, so every child still RUNNING was stopped.
+    A stopped trial's Train run ends without its closing steps (final student, run end), so
+    its run would stay RUNNING; after the sweep no trial runs, so every child still RUNNING
+    was stopped.
     """
     runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}' "
                               "and attributes.status = 'RUNNING'", max_results=10_000)
     for run in runs:
         client.set_tag(run.info.run_id, "dckd.stopped_early", "true")
         client.set_terminated(run.info.run_id, status="KILLED")
-    return len(runs)
+    return [run.info.run_name for run in runs]
 
 
-def results_rows(grid, axes: list[str], metric: str, iterations: int | None = None) -> list[dict[str, Any]]:
-    """One row per trial; ``status`` is ok, stopped (by the scheduler, before ``iterations``) or error."""
+def results_rows(grid, axes: list[str], metric: str, iterations: int | None = None,
+                 stopped: set[str] | None = None) -> list[dict[str, Any]]:
+    """One row per trial; ``status`` is ok, stopped (by the scheduler: ``stopped`` trial ids, or
+    short of ``iterations``) or error."""
     rows = []
     for result in grid:
         cfg = {k: v for k, v in (result.config or {}).items() if k != "__sweep__"}
         m = result.metrics or {}
         done = m.get("iteration")
+        short = iterations is not None and done is not None and done < iterations
         status = ("error" if result.error else
-                  "stopped" if iterations is not None and done is not None and done < iterations else "ok")
+                  "stopped" if short or m.get("trial_id") in (stopped or set()) else "ok")
         row = {"trial": m.get("trial_id", ""), **{a: cfg.get(a) for a in axes},
                metric: m.get(metric), "iteration": done, "status": status}
         row.update({k: v for k, v in m.items() if k.startswith("val/")})

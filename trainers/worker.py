@@ -21,7 +21,7 @@ from dckd.config import load_config
 from dckd.data.specs import benchmark_sets
 from dckd.engine import Engine
 from dckd.evaluation import protocol_for
-from dckd.loop import make_loader, validate_and_log, window_record
+from dckd.loop import make_loader, test_and_log, validate_and_log, window_record
 
 STATE_FILE = "state.pt"
 
@@ -113,6 +113,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank == 0:
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         weights = engine.export_weights(cfg.run_dir / "student.pth")
+        test_and_log(engine.eval_model(), cfg, engine.device, tracker, engine.teacher)
         if tracker is not None:
             tracker.log_artifact(weights)
             p = cfg.data.train.lq_patch

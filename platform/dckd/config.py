@@ -9,6 +9,7 @@ variants are named options.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -91,6 +92,41 @@ class ModelSpec(Strict):
 
 
 # --------------------------------------------------------------------------- data
+class ProgressiveConfig(Strict):
+    """Restormer's progressive learning: stage i ends at iteration ``milestones[i]`` (cumulative).
+
+    The batch of iteration t (1-based) uses the LR patch side and batch size of the first stage with
+    t <= its milestone; after the last milestone the last stage continues, as in Restormer's
+    ``train.py``. Restormer: milestones [92000, 156000, 204000, 240000, 276000, 300000],
+    lq_patches [128, 160, 192, 256, 320, 384], batch_sizes [8, 5, 4, 2, 1, 1] per GPU.
+    """
+
+    milestones: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    lq_patches: list[Annotated[int, Field(ge=4)]] = Field(min_length=1)
+    batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _stages(self) -> ProgressiveConfig:
+        n = len(self.milestones)
+        for field in ("lq_patches", "batch_sizes"):
+            if len(getattr(self, field)) != n:
+                raise ValueError(
+                    f"progressive.{field} has {len(getattr(self, field))} entries but progressive.milestones "
+                    f"has {n}: give one per stage"
+                )
+        for a, b in zip(self.milestones, self.milestones[1:]):
+            if b <= a:
+                raise ValueError(f"progressive.milestones must be strictly increasing, got {self.milestones}")
+        return self
+
+    def stage(self, iteration: int) -> int:
+        """Index of the stage that iteration ``iteration`` (1-based) belongs to."""
+        for i, end in enumerate(self.milestones):
+            if iteration <= end:
+                return i
+        return len(self.milestones) - 1
+
+
 class TrainDataConfig(Strict):
     """Training pairs: SR from an HR folder (LR read or generated), others from two folders."""
 
@@ -103,6 +139,16 @@ class TrainDataConfig(Strict):
     rot: bool = True
     cache_in_memory: bool = False
     num_workers: int = Field(default=0, ge=0)
+    limit: int | None = Field(
+        default=None, ge=1, description="use only the first N training pairs (sorted by name): smoke runs"
+    )
+    reflect_pad: bool = Field(
+        default=False,
+        description="reflect-pad images smaller than lq_patch (bottom/right) before cropping, as Restormer does",
+    )
+    progressive: ProgressiveConfig | None = Field(
+        default=None, description="Restormer's progressive patch/batch sizes; replaces lq_patch and train.batch_size"
+    )
 
 
 class BenchmarkConfig(Strict):
@@ -113,6 +159,7 @@ class BenchmarkConfig(Strict):
     lr_dir: ExistingPath | None = None
     input_dir: ExistingPath | None = None
     target_dir: ExistingPath | None = None
+    limit: int | None = Field(default=None, ge=1, description="score only the first N images (sorted by name)")
 
 
 class DataConfig(Strict):
@@ -218,32 +265,134 @@ class LCRConfig(TermConfig):
     prob: float = Field(default=0.5, ge=0.0, le=1.0)
 
 
+class FAKDConfig(TermConfig):
+    """FAKD spatial-affinity distillation (He et al. 2020), weighted as DUKD's BasicSR re-implementation.
+
+    Layers are module names inside the architecture (its checkpoint keys without the parameter,
+    e.g. ``body.2``), paired in order; ``auto`` picks per backbone (see docs/baselines.md).
+    """
+
+    weight: NonNegative = 10.0
+    student_layers: Literal["auto"] | list[str] = "auto"
+    teacher_layers: Literal["auto"] | list[str] = "auto"
+    eps: float = Field(default=1e-8, gt=0.0, description="added to each position's channel L2 norm")
+
+    @model_validator(mode="after")
+    def _paired(self) -> FAKDConfig:
+        s, t = self.student_layers, self.teacher_layers
+        if (s == "auto") != (t == "auto"):
+            raise ValueError("student_layers and teacher_layers must both be 'auto' or both be lists")
+        if isinstance(s, list) and isinstance(t, list) and (len(s) != len(t) or not s):
+            raise ValueError(f"student_layers ({len(s)}) and teacher_layers ({len(t)}) must pair up, one to one")
+        return self
+
+
+class MiPKDConfig(TermConfig):
+    """MiPKD (Li et al. 2024): feature and block prior mixers. ``weight`` is lambda_feat.
+
+    No official code exists; the widths, mask and switch probabilities are this platform's
+    choices (docs/baselines.md).
+    """
+
+    weight: NonNegative = 1.0
+    block_weight: NonNegative = Field(default=0.1, description="lambda_block; 0 skips the block prior mixer")
+    stages: Literal["auto"] | int = Field(
+        default="auto", description="stages the networks are cut into; auto: min(4, student depth, teacher depth)"
+    )
+    latent_channels: int | None = Field(default=None, ge=1, description="shared latent width; default: teacher's")
+    mask_prob: float = Field(default=0.5, ge=0.0, le=1.0, description="share of latent elements from the teacher")
+    switch_prob: float = Field(default=0.5, ge=0.0, le=1.0, description="chance a mixed stage is the student's")
+    ae_weight: NonNegative = Field(default=1.0, description="auto-encoder reconstruction loss inside L_feat")
+
+    @field_validator("stages")
+    @classmethod
+    def _positive_stages(cls, value: Literal["auto"] | int) -> Literal["auto"] | int:
+        if value != "auto" and value < 1:
+            raise ValueError(f"stages must be 'auto' or a positive integer, got {value}")
+        return value
+
+
+class DUKDConfig(TermConfig):
+    """DUKD data upcycling (Zhang et al. 2023): teacher-labelled zoom-in tiles and zoom-out pairs.
+
+    ``weight`` is DUKD's w_kd on the upcycled data; the zoom-out reconstruction reuses ``rec.weight``.
+    """
+
+    weight: NonNegative = 1.0
+    zoom_in_tiles: int = Field(default=1, ge=1, description="GT tiles per sample (at most scale**2)")
+    zoom_out: bool = False
+    lcr_prob: float = Field(default=0.3, ge=0.0, le=1.0, description="student-side label consistency on tiles")
+
+
+class MCLIRConfig(TermConfig):
+    """MCLIR (Wu et al. 2024): push the output away from lagged copies of the student in VGG16 space.
+
+    ``weight`` is lambda; negative k is refreshed every ``neg_iter[k]`` iterations as
+    ``neg = neg_decay*neg + (1-neg_decay)*student``. Defaults: the official FFANet config.
+    """
+
+    weight: NonNegative = 0.001
+    neg_iter: list[int] = Field(default_factory=lambda: [100, 200, 500, 1000], min_length=1)
+    neg_decay: float = Field(default=0.1, ge=0.0, le=1.0)
+    neg_start: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="share of a fresh random network in each initial negative"
+    )
+    vgg_layers: list[str] = Field(default_factory=lambda: ["relu1_2", "relu2_2", "relu3_3"], min_length=1)
+    layer_weights: list[NonNegative] = Field(default_factory=lambda: [0.2, 0.3, 0.5], min_length=1)
+    vgg_checkpoint: ExistingPath | None = Field(
+        default=None, description="torchvision vgg16 state dict; without it VGG has random weights (noted)"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MCLIRConfig:
+        if any(k < 1 for k in self.neg_iter):
+            raise ValueError(f"neg_iter entries must be positive iteration counts, got {self.neg_iter}")
+        if len(self.vgg_layers) != len(self.layer_weights):
+            raise ValueError(
+                f"layer_weights has {len(self.layer_weights)} entries for {len(self.vgg_layers)} vgg_layers"
+            )
+        return self
+
+
+#: Every loss term, in the order they are computed and logged.
+TERM_NAMES: tuple[str, ...] = ("rec", "kd", "dcr", "dmm", "lcr", "fakd", "mipkd", "dukd", "mclir")
+#: Terms that compare the student with a teacher.
+TEACHER_TERMS: tuple[str, ...] = ("kd", "dcr", "dmm", "lcr", "fakd", "mipkd", "dukd")
+
 METHOD_TERMS: dict[str, tuple[str, ...]] = {
     "scratch": ("rec",),
     "logits": ("rec", "kd"),
     "dckd": ("rec", "kd", "dcr", "dmm"),
-    "dckd_star": ("rec", "kd", "dcr", "dmm", "lcr"),
+    "dckd_star": ("rec", "kd", "dcr", "dmm", "lcr", "dukd"),
+    "fakd": ("rec", "kd", "fakd"),
+    "mipkd": ("rec", "kd", "mipkd"),
+    "dukd": ("rec", "kd", "dukd"),
+    "mclir": ("rec", "mclir"),
 }
 
 
 class MethodConfig(Strict):
     """A distillation method as weighted loss terms; ``preset`` says which are on by default."""
 
-    preset: Literal["scratch", "logits", "dckd", "dckd_star"] = "dckd"
+    preset: Literal["scratch", "logits", "dckd", "dckd_star", "fakd", "mipkd", "dukd", "mclir"] = "dckd"
     rec: TermConfig = Field(default_factory=TermConfig)
     kd: TermConfig = Field(default_factory=TermConfig)
     dcr: DCRConfig = Field(default_factory=DCRConfig)
     dmm: DMMConfig = Field(default_factory=DMMConfig)
     lcr: LCRConfig = Field(default_factory=LCRConfig)
+    fakd: FAKDConfig = Field(default_factory=FAKDConfig)
+    mipkd: MiPKDConfig = Field(default_factory=MiPKDConfig)
+    dukd: DUKDConfig = Field(default_factory=DUKDConfig)
+    mclir: MCLIRConfig = Field(default_factory=MCLIRConfig)
 
     @model_validator(mode="after")
     def _fill_enabled(self) -> MethodConfig:
         on = METHOD_TERMS[self.preset]
-        for name in ("rec", "kd", "dcr", "dmm", "lcr"):
+        for name in TERM_NAMES:
             term: TermConfig = getattr(self, name)
             if term.enabled is None:
                 object.__setattr__(term, "enabled", name in on)
-        if not any(self.term(n).enabled for n in ("rec", "kd", "dcr", "dmm", "lcr")):
+        if not any(self.term(n).enabled for n in TERM_NAMES):
             raise ValueError("every loss term is disabled: nothing to train")
         return self
 
@@ -252,11 +401,11 @@ class MethodConfig(Strict):
 
     @property
     def enabled_terms(self) -> list[str]:
-        return [n for n in ("rec", "kd", "dcr", "dmm", "lcr") if self.term(n).enabled]
+        return [n for n in TERM_NAMES if self.term(n).enabled]
 
     @property
     def needs_teacher(self) -> bool:
-        return any(self.term(n).enabled for n in ("kd", "dcr", "dmm", "lcr"))
+        return any(self.term(n).enabled for n in TEACHER_TERMS)
 
     @property
     def needs_vqgan(self) -> bool:
@@ -484,17 +633,75 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if data is None:
         if path is None:
             raise ConfigError("no configuration given")
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{source}: config file not found")
-        try:
-            data = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+        data = read_config_tree(Path(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections")
     data = apply_overrides(copy.deepcopy(data), overrides or [])
+    data = substitute_roots(data)
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(source, exc)) from None
+
+
+# --------------------------------------------------------------------------- files and roots
+ROOT_VARIABLES = {"data": ("DCKD_DATA_ROOT", "data"), "weights": ("DCKD_WEIGHTS_ROOT", "weights")}
+
+
+def read_config_tree(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file with its ``extends:`` chain merged in (the file's own values win).
+
+    ``extends`` names a file relative to this one (or a list of them, merged left to right);
+    mappings merge key by key, anything else (lists included) is replaced.
+    """
+    source = str(path)
+    if not path.is_file():
+        raise ConfigError(f"{source}: config file not found")
+    if path.resolve() in _seen:
+        raise ConfigError(f"{source}: extends itself (via {' -> '.join(map(str, _seen))})")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    parents = data.pop("extends", None)
+    if parents is None:
+        return data
+    merged: dict[str, Any] = {}
+    for parent in [parents] if isinstance(parents, str) else list(parents):
+        if not isinstance(parent, str):
+            raise ConfigError(f"{source}: extends: expected a file name, got {parent!r}")
+        merged = deep_merge(merged, read_config_tree(path.parent / parent, (*_seen, path.resolve())))
+    return deep_merge(merged, data)
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def root_path(name: str) -> str:
+    """Where ``${data}`` / ``${weights}`` point: $DCKD_DATA_ROOT / $DCKD_WEIGHTS_ROOT, else ./data, ./weights."""
+    env, default = ROOT_VARIABLES[name]
+    return os.environ.get(env) or default
+
+
+def substitute_roots(value: Any) -> Any:
+    """Replace ``${data}`` and ``${weights}`` in every string (paths of datasets and checkpoints)."""
+    if isinstance(value, str):
+        for name in ROOT_VARIABLES:
+            token = "${" + name + "}"
+            if token in value:
+                value = value.replace(token, root_path(name).rstrip("/"))
+        return value
+    if isinstance(value, dict):
+        return {k: substitute_roots(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute_roots(v) for v in value]
+    return value

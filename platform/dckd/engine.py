@@ -3,7 +3,9 @@
 ``Engine.train_step`` is the only definition of a training step; the in-process loop
 (``dckd.loop``) and the Ray workers both call it. Everything random in a step is seeded from
 (seed, rank, iteration), and a checkpoint holds every piece of state, so a resumed run
-continues exactly where an uninterrupted one would be.
+continues exactly where an uninterrupted one would be. That includes the trainable parts of
+methods other than the student (MiPKD's encoders and decoders: optimised with the student,
+saved in checkpoints, never exported) and their frozen networks (MCLIR's negative copies).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from dckd.checkpoint import atomic_save, capture_rng, restore_rng, safe_load
 from dckd.config import ExperimentConfig, ModelSpec
 from dckd.data import derive_seed
 from dckd.degradations import StepRng
-from dckd.errors import CheckpointError
+from dckd.errors import CheckpointError, ConfigError
+from dckd.losses.fakd import fakd_layers
+from dckd.losses.mipkd import MiPKDMixer, build_mixer
 from dckd.methods import DistillationMethod
 from dckd.models import build_model, build_preset, load_weights
 from dckd.schedules import lr_at
@@ -101,6 +105,11 @@ class Engine:
         if cfg.method.needs_vqgan:
             self.vqgan = VQGANFeatures.from_spec(cfg.vqgan, log=self.note).to(self.device)
 
+        self.mixer: MiPKDMixer | None = None
+        self.negatives: list[nn.Module] = []
+        self.vgg: nn.Module | None = None
+        self._setup_baselines()
+
         self.optimizer = self._make_optimizer()
         self.train_module = wrap_student(self.student) if wrap_student else self.student
         self.iteration = 0
@@ -114,15 +123,60 @@ class Engine:
             self.notes.append(msg)
             self._note(msg)
 
+    def _setup_baselines(self) -> None:
+        """Check the baseline terms against the networks and build their own networks.
+
+        Built after everything the DCKD terms use, so those draw the same initial weights.
+        """
+        m = self.cfg.method
+        if m.fakd.enabled:
+            assert self.teacher is not None
+            fakd_layers(m.fakd.student_layers, m.fakd.teacher_layers, self.student, self.teacher)
+        if m.dukd.enabled:
+            if self.cfg.task != "sr":
+                raise ConfigError(f"method.dukd: data upcycling is for super-resolution, not {self.cfg.task}")
+            if m.dukd.zoom_in_tiles > self.cfg.scale**2:
+                raise ConfigError(f"method.dukd.zoom_in_tiles: at most scale**2 = {self.cfg.scale**2} tiles, "
+                                  f"got {m.dukd.zoom_in_tiles}")
+            if m.dukd.zoom_out and self.cfg.data.train.lq_patch % self.cfg.scale:
+                raise ConfigError(f"method.dukd.zoom_out: data.train.lq_patch {self.cfg.data.train.lq_patch} "
+                                  f"is not divisible by the scale {self.cfg.scale}")
+        if m.mipkd.enabled:
+            assert self.teacher is not None
+            self.mixer = build_mixer(
+                self.student, self.teacher, m.mipkd.stages, m.mipkd.latent_channels, m.mipkd.mask_prob,
+                m.mipkd.switch_prob, m.mipkd.ae_weight, block=m.mipkd.block_weight > 0,
+            ).to(self.device)
+            if m.mipkd.block_weight > 0 and not self.mixer.block:
+                self.note("MiPKD: one stage only (a network has a single block), so the block prior mixer is off")
+        if m.mclir.enabled:
+            from dckd.losses.perceptual import VGGFeatures  # torchvision: only when used
+
+            # MCLIR: a fresh network blended with the student, neg = a*fresh + (1-a)*student.
+            for _ in m.mclir.neg_iter:
+                neg = frozen_copy(build_network(self.cfg.student, self.cfg.scale)).to(self.device)
+                blend_into(neg, self.student, m.mclir.neg_start)
+                self.negatives.append(neg)
+            ckpt = m.mclir.vgg_checkpoint
+            self.vgg = VGGFeatures(m.mclir.vgg_layers, ckpt, log=self.note if ckpt is None else log.info)
+            self.vgg.to(self.device)
+
     @property
     def vqgan_pretrained(self) -> bool | None:
         return None if self.vqgan is None else bool(self.vqgan.pretrained)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         o = self.cfg.optim
-        params = [p for p in self.student.parameters() if p.requires_grad]
+        params: list[Any] = [p for p in self.student.parameters() if p.requires_grad]
+        if self.mixer is not None:  # a group of its own: same schedule, separate in the state dict
+            params = [{"params": params}, {"params": list(self.mixer.parameters())}]
         cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
         return cls(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+
+    def trainable_parameters(self) -> list[torch.Tensor]:
+        """What the optimizer updates: the student, and MiPKD's mixer when it is on."""
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        return params + ([] if self.mixer is None else list(self.mixer.parameters()))
 
     def lr(self, iteration: int) -> float:
         return lr_at(self.cfg.schedule, self.cfg.optim.lr, iteration, self.cfg.train.iterations)
@@ -142,13 +196,18 @@ class Engine:
         gt = gt.to(self.device, non_blocking=True)
 
         self.train_module.train()
+        if self.mixer is not None:
+            self.mixer.train()
         out = self.method.compute(
-            self.train_module, lq, gt, rng, teacher=self.teacher, history=self.history, vqgan=self.vqgan
+            self.train_module, lq, gt, rng, teacher=self.teacher, history=self.history, vqgan=self.vqgan,
+            mixer=self.mixer, negatives=self.negatives, vgg=self.vgg,
         )
         self.optimizer.zero_grad(set_to_none=True)
         out.total.backward()
+        if self.mixer is not None:
+            _average_across_workers(self.mixer)
         if self.cfg.optim.grad_clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.optim.grad_clip_norm)
+            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.cfg.optim.grad_clip_norm)
         self.optimizer.step()
 
         blend_into(self.ema, self.student, self.cfg.train.ema_decay)
@@ -156,6 +215,9 @@ class Engine:
             source = self.ema if self.cfg.method.dcr.history.track == "ema" else self.student
             blend_into(self.history, source, self.cfg.method.dcr.history.alpha)
             self.history_state = HistoryState(self.history_state.updates + 1, t)
+        for neg, every in zip(self.negatives, self.cfg.method.mclir.neg_iter):
+            if t % every == 0:  # MCLIR tracks the raw student, not the EMA
+                blend_into(neg, self.student, self.cfg.method.mclir.neg_decay)
         self.iteration = t
         terms = {k: v.detach() for k, v in out.terms.items()}
         terms["total"] = out.total.detach()
@@ -172,6 +234,8 @@ class Engine:
             "history": None if self.history is None else self.history.state_dict(),
             "history_state": {"updates": self.history_state.updates,
                               "last_update": self.history_state.last_update},
+            "mipkd": None if self.mixer is None else self.mixer.state_dict(),
+            "mclir_negatives": [neg.state_dict() for neg in self.negatives] if self.negatives else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": {"name": self.cfg.schedule.name, "iteration": self.iteration,
                           "lr": self.lr(max(self.iteration, 1))},
@@ -191,6 +255,18 @@ class Engine:
                 if state["history"] is None:
                     raise CheckpointError(f"{source}: has no history model but this run uses DCR")
                 self.history.load_state_dict(state["history"])
+            if self.mixer is not None:
+                if state.get("mipkd") is None:
+                    raise CheckpointError(f"{source}: has no MiPKD mixer but this run uses MiPKD")
+                self.mixer.load_state_dict(state["mipkd"])
+            if self.negatives:
+                saved = state.get("mclir_negatives") or []
+                if len(saved) != len(self.negatives):
+                    raise CheckpointError(
+                        f"{source}: has {len(saved)} MCLIR negative models, this run uses {len(self.negatives)}"
+                    )
+                for neg, sd in zip(self.negatives, saved):
+                    neg.load_state_dict(sd)
             self.optimizer.load_state_dict(state["optimizer"])
         except RuntimeError as exc:
             raise CheckpointError(f"{source}: does not fit this configuration: {exc}") from exc
@@ -212,6 +288,19 @@ class Engine:
 
     def eval_model(self) -> nn.Module:
         return self.ema if self.cfg.eval.weights == "ema" else self.student
+
+
+def _average_across_workers(module: nn.Module) -> None:
+    """Average gradients over data-parallel workers (DDP does it for the student, not for this)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return
+    world = dist.get_world_size()
+    for p in module.parameters():
+        if p.grad is None:  # unused on this worker this step (e.g. a decoder the block path skipped)
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad.div_(world)
 
 
 def seeded_rng(seed: int, rank: int, iteration: int, device: torch.device) -> StepRng:

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from dckd.config import ExperimentConfig
 from dckd.data import TrainPatches
+from dckd.data.datasets import IterationBatches, Stage
 from dckd.data.specs import benchmark_sets, train_pairs
 from dckd.engine import Engine
 from dckd.evaluation import evaluate_sets, protocol_for
@@ -59,20 +60,31 @@ def _prune(run_dir: Path, keep: int) -> None:
         p.unlink(missing_ok=True)
 
 
+def training_stages(cfg: ExperimentConfig) -> list[Stage]:
+    """Patch side and batch size per iteration range: ``data.train.progressive``, else one open stage."""
+    t = cfg.data.train
+    if t.progressive is None:
+        return [Stage(end=None, lq_patch=t.lq_patch, batch_size=cfg.train.batch_size)]
+    p = t.progressive
+    return [Stage(end=m, lq_patch=lp, batch_size=bs) for m, lp, bs in zip(p.milestones, p.lq_patches, p.batch_sizes)]
+
+
 def make_loader(cfg: ExperimentConfig, start_iter: int, end_iter: int, rank: int = 0) -> DataLoader:
-    """Batches for iterations start_iter+1 .. end_iter: sample k of the run is always the same patch."""
+    """Batches for iterations start_iter+1 .. end_iter: sample k of the run is always the same patch.
+
+    The batch of iteration t has the patch side and batch size of its stage (progressive learning);
+    ``rank`` gives each Ray worker its own sample stream.
+    """
     t = cfg.data.train
     dataset = TrainPatches(
         train_pairs(cfg), cfg.scale, lq_patch=t.lq_patch, hflip=t.hflip, rot=t.rot,
         seed=cfg.seed, rank=rank, cache_in_memory=t.cache_in_memory,
+        pad_to=t.lq_patch if t.reflect_pad else None,
     )
-    b = cfg.train.batch_size
     return DataLoader(
         dataset,
-        batch_size=b,
-        sampler=range(start_iter * b, end_iter * b),
+        batch_sampler=IterationBatches(training_stages(cfg), start_iter, end_iter),
         num_workers=t.num_workers,
-        drop_last=True,
         generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
@@ -174,6 +186,10 @@ def _train(cfg: ExperimentConfig, engine: Engine, tracker: RunTracker, run_dir: 
     }
     if engine.iteration >= total:
         engine.export_weights(run_dir / "student.pth")
+        if start_iter < total and cfg.data.test:
+            summary["test"] = test_and_log(engine.eval_model(), cfg, engine.device, tracker, engine.teacher)
+            print(f"[{cfg.name}] test: " + ", ".join(f"{name} {m['psnr']:.2f} dB / {m['ssim']:.4f}"
+                                                     for name, m in summary["test"].items()), file=sys.stderr)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if tracker.enabled and start_iter < total <= engine.iteration:  # this call finished the run
         tracker.log_checkpoint(checkpoint_path(run_dir, engine.iteration))
@@ -203,6 +219,25 @@ def validate_and_log(engine: Engine, vals: list, protocol, tracker: RunTracker |
         if engine.cfg.tracking.samples:
             tracker.log_samples(t, *collect_samples(engine.eval_model(), engine.teacher, vals[0][1],
                                                     engine.cfg.tracking.samples, engine.device, engine.cfg.scale))
+    return results
+
+
+def test_and_log(model: torch.nn.Module, cfg: ExperimentConfig, device: torch.device, tracker: RunTracker | None,
+                 teacher: torch.nn.Module | None = None, step: int | None = None) -> dict[str, Any]:
+    """Score ``model`` on every ``data.test`` set once training is over (the numbers a paper table reports).
+
+    Logs ``test/<set>/psnr|ssim`` and side-by-side samples of the first set under ``test_samples/``.
+    """
+    sets = benchmark_sets(cfg, "test")
+    if not sets:
+        return {}
+    results = evaluate_sets(model, sets, protocol_for(cfg), device)
+    if tracker is not None and tracker.enabled:
+        t = cfg.train.iterations if step is None else step
+        tracker.log_metrics({f"test/{k}": v for k, v in _flatten(results).items()}, step=t)
+        if cfg.tracking.samples:
+            tracker.log_samples(t, *collect_samples(model, teacher, sets[0][1], cfg.tracking.samples, device,
+                                                    cfg.scale), artifact_dir="test_samples")
     return results
 
 

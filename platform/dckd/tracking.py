@@ -448,8 +448,9 @@ class RunTracker:
         teacher_out: torch.Tensor | Sequence[torch.Tensor] | None,
         student_out: torch.Tensor | Sequence[torch.Tensor],
         gt: torch.Tensor | Sequence[torch.Tensor],
+        artifact_dir: str = "samples",
     ) -> list[str]:
-        """One side-by-side PNG per sample, ``samples/iter_XXXXXXX_k.png``; returns the artifact paths."""
+        """One side-by-side PNG per sample, ``<artifact_dir>/iter_XXXXXXX_k.png``; returns the artifact paths."""
         if not self._on():
             return []
         lqs, outs, gts = _as_list(lq), _as_list(student_out), _as_list(gt)
@@ -461,9 +462,9 @@ class RunTracker:
             for k, (a, t, s, g) in enumerate(zip(lqs, teach, outs, gts)):
                 name = f"iter_{int(step):07d}_{k}.png"
                 write_image(Path(tmp) / name, sample_panel(a, t, s, g))
-                names.append(f"samples/{name}")
+                names.append(f"{artifact_dir}/{name}")
             if names:
-                self.client.log_artifacts(self.run_id, tmp, "samples")
+                self.client.log_artifacts(self.run_id, tmp, artifact_dir)
         return names
 
     # ------------------------------------------------------------------ the student
@@ -520,25 +521,36 @@ class RunTracker:
 
     def register_logged_model(self, model_id: str, run_id: str, register_as: str, alias: str) -> int:
         """Register a logged student (``models:/<model_id>``, from ``run_id``) and point ``alias`` at it."""
-        from mlflow.exceptions import MlflowException
-
-        name = scrub(register_as)
-        with _global_tracking_uri(self.tracking_uri or ""):  # the sqlite registry resolves models:/m-<id>
-            try:
-                self.client.create_registered_model(name)
-            except MlflowException as exc:
-                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                    raise
-            version = self.client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id,
-                                                       model_id=model_id)
-        self.client.set_registered_model_alias(name, alias, version.version)
-        return int(version.version)
+        return register_logged_model(self.client, self.tracking_uri, model_id, run_id, register_as, alias)
 
     def student_of(self, run_id: str) -> str | None:
         """The id of the student logged by ``run_id`` (the newest, if several), or None."""
-        models = self.client.search_logged_models([self.experiment_id], filter_string=f"source_run_id = '{run_id}'",
-                                                  order_by=[{"field_name": "creation_timestamp", "ascending": False}])
-        return models[0].model_id if models else None
+        return student_of(self.client, run_id)
+
+
+def register_logged_model(client: Any, tracking_uri: str | None, model_id: str, run_id: str, register_as: str,
+                          alias: str) -> int:
+    """Register a logged student (``models:/<model_id>``, from ``run_id``); ``alias`` points at the version."""
+    from mlflow.exceptions import MlflowException
+
+    name = scrub(register_as)
+    with _global_tracking_uri(tracking_uri or ""):  # the sqlite registry resolves models:/m-<id>
+        try:
+            client.create_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        version = client.create_model_version(name, source=f"models:/{model_id}", run_id=run_id, model_id=model_id)
+    client.set_registered_model_alias(name, alias, version.version)
+    return int(version.version)
+
+
+def student_of(client: Any, run_id: str) -> str | None:
+    """The id of the student model logged by ``run_id`` (the newest, if several), or None."""
+    experiment_id = client.get_run(run_id).info.experiment_id
+    models = client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'",
+                                         order_by=[{"field_name": "creation_timestamp", "ascending": False}])
+    return models[0].model_id if models else None
 
 
 # --------------------------------------------------------------------------- loading back

@@ -52,7 +52,7 @@ def test_good_config_and_released_defaults(tmp_path: Path, good: dict) -> None:
 def test_presets_switch_terms_and_each_term_is_switchable(tmp_path: Path, good: dict) -> None:
     path = write(tmp_path, good)
     assert load_config(path, ["method.preset=dckd_star"]).method.enabled_terms == [
-        "rec", "kd", "dcr", "dmm", "lcr"]
+        "rec", "kd", "dcr", "dmm", "lcr", "dukd"]
     assert load_config(path, ["method.preset=logits"]).method.enabled_terms == ["rec", "kd"]
     table5 = load_config(path, ["method.dmm.enabled=false"]).method
     assert table5.enabled_terms == ["rec", "kd", "dcr"]

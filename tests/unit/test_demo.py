@@ -20,7 +20,8 @@ def test_split_is_disjoint_and_written_as_rgb(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_quick_demo_fills_every_row(tmp_path: Path) -> None:
+def test_quick_demo_fills_every_row(ray_local, tmp_path: Path) -> None:
+    """Teacher in-process, then the four students as one Tune grid on the shared local Ray."""
     base = yaml.safe_load(default_config_path().read_text())
     small = {"backbone": "rcan", "args": {"scale": 2, "n_feats": 8, "n_resgroups": 1, "n_resblocks": 1,
                                           "reduction": 4}}
@@ -31,7 +32,17 @@ def test_quick_demo_fills_every_row(tmp_path: Path) -> None:
     cfg.write_text(yaml.safe_dump(base))
     result = run_demo(tmp_path / "out", cfg, quick=True, progress=False)
     methods = [r["method"] for r in result["rows"]]
-    assert methods == ["-", "teacher (scratch)", "scratch", "logits", "dckd"]
+    assert methods == ["-", "teacher (scratch)", "scratch", "logits", "dckd", "dckd_star"]
     assert all(r["psnr"] > 10 and 0 < r["ssim"] <= 1 for r in result["rows"])
+    assert not result["errors"]
     table = (tmp_path / "out" / "results.md").read_text()
-    assert "| dckd |" in table and "RANDOMLY" in table
+    assert "| dckd |" in table and "| dckd_star |" in table and "random weights" in table
+    assert result["registered"].startswith("models:/demo-student@champion")
+    assert Path(result["report"]["html"]).is_file() and Path(result["report"]["md"]).is_file()
+
+    import mlflow
+
+    client = mlflow.MlflowClient(result["mlflow"])
+    version = client.get_model_version_by_alias("demo-student", "champion")
+    best = max((r for r in result["rows"] if r.get("run_id")), key=lambda r: r["psnr"])
+    assert client.get_run(version.run_id).data.metrics["test/photos/psnr"] == pytest.approx(best["psnr"])

@@ -45,7 +45,7 @@ def test_frozen_networks_stay_frozen_and_in_eval(tmp_path: Path, hr_folder: Path
     teacher_before = params(engine.teacher)
     for batch in make_loader(cfg, 0, 2):
         terms = engine.train_step(batch["lq"], batch["gt"])
-    assert set(terms) == {"rec", "kd", "dcr", "dmm", "lcr", "total"}
+    assert set(terms) == {"rec", "kd", "dcr", "dmm", "lcr", "dukd", "total"}
     assert all(torch.isfinite(v) for v in terms.values())
     for net in (engine.teacher, engine.history, engine.vqgan, engine.ema):
         assert not net.training and not any(p.requires_grad for p in net.parameters())

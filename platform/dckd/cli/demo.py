@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -23,4 +24,6 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(format_table(result))
     print(f"\n(written to {Path(args.out) / 'results.md'})")
-    return 0
+    for cell, error in result.get("errors", {}).items():
+        print(f"dckd demo: error: {cell} failed: {error}", file=sys.stderr)
+    return 2 if result.get("errors") else 0

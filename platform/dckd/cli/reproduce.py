@@ -1,0 +1,56 @@
+"""``dckd reproduce TABLE``: a paper table as one Tune grid, with a report against the published numbers.
+
+TABLE is a table file, its id (``table5``) or an id prefix naming a group of files (``table2``
+runs every ``experiments/tables/table2_*.yaml``). ``--check`` validates every cell and prints the
+plan without running anything; ``--list`` lists the tables and their cells.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from dckd.cli.train import load_runner
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reproduce", help="run a paper table's cells on Ray and report against the paper",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("table", nargs="?", help="table id (table5), id prefix (table2) or table file")
+    p.add_argument("--cells", action="append", default=[], metavar="ID[,ID...]", help="only these cells")
+    p.add_argument("--scale-down", type=float, default=None, metavar="F",
+                   help="shrink iterations, patches, batches and data by F (0 < F < 1) for a smoke run")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field in every cell (e.g. ray.num_workers=4)")
+    p.add_argument("--out", default=None, help="report folder (default runs/reproduce/<table>)")
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: what fits)")
+    p.add_argument("--tables-dir", default=None, help="folder of table files (default experiments/tables)")
+    p.add_argument("--check", action="store_true", help="validate every cell and print the plan; run nothing")
+    p.add_argument("--list", action="store_true", help="list the table files and their cells")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dckd.errors import ConfigError
+    from dckd.tables import TABLES_DIR, read_table
+
+    folder = Path(args.tables_dir or TABLES_DIR)
+    if args.list:
+        for path in sorted(folder.glob("*.yaml")):
+            t = read_table(path).spec
+            print(f"{t.table:24s} {t.paper_ref:10s} {t.title}\n{'':35s} cells: {', '.join(c.id for c in t.cells)}")
+        return 0
+    if not args.table:
+        raise ConfigError("name a table (see dckd reproduce --list)")
+    cells = [c for item in args.cells for c in item.split(",") if c]
+    if args.check:
+        from dckd.reproduction import describe_plan
+
+        print(describe_plan(args.table, cells or None, args.scale_down, args.overrides, folder))
+        return 0
+    summary = load_runner("reproduce")(args.table, cells or None, args.scale_down, args.overrides, args.out,
+                                       args.tracking_uri, args.max_concurrent, str(folder))
+    print(json.dumps(summary, indent=2, default=str))
+    return 2 if summary.get("errors") else 0

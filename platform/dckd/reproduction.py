@@ -1,0 +1,127 @@
+"""Planning a reproduction: a table's cells as validated experiment configs, optionally scaled down.
+
+The Ray layer (``trainers.reproduce``) runs the plan; ``dckd reproduce --check`` prints it.
+``scale_down_overrides`` shrinks a run by a factor F for smoke runs: iterations and every
+iteration-valued setting (validation, checkpoints, schedule milestones, history-model steps,
+progressive stages), patch and batch sizes, and the number of training and test images.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+from dckd.config import ExperimentConfig
+from dckd.errors import ConfigError
+from dckd.tables import Cell, LoadedTable, find_tables
+
+MIN_ITERATIONS = 2
+
+
+def scale_down_overrides(cfg: ExperimentConfig, factor: float) -> list[str]:
+    """Overrides that shrink a run by ``factor``; every iteration-valued setting shrinks with it."""
+    if not 0 < factor <= 1:
+        raise ConfigError(f"--scale-down {factor}: must be in (0, 1]")
+
+    def its(n: int) -> int:
+        return max(1, round(n * factor))
+
+    t = cfg.train
+    total = max(MIN_ITERATIONS, its(t.iterations))
+    out = [f"train.iterations={total}",
+           f"train.val_every={min(total, its(t.val_every))}",
+           f"train.ckpt_every={min(total, its(t.ckpt_every))}",
+           f"train.log_every={min(total, its(t.log_every))}",
+           f"train.batch_size={max(2, round(t.batch_size * factor))}",
+           f"data.train.lq_patch={max(8, round(cfg.data.train.lq_patch * factor))}"]
+    if cfg.schedule.milestones:
+        out.append(f"schedule.milestones={json.dumps([its(m) for m in cfg.schedule.milestones])}")
+    if cfg.schedule.periods:
+        periods = [its(p) for p in cfg.schedule.periods]
+        out.append(f"schedule.periods={json.dumps(periods)}")
+    h = cfg.method.dcr.history
+    out += [f"method.dcr.history.update_every={its(h.update_every)}",
+            f"method.dcr.history.growth_milestones={json.dumps([its(m) for m in h.growth_milestones])}"]
+    progressive = getattr(cfg.data.train, "progressive", None)
+    if progressive is not None:
+        out += [f"data.train.progressive.milestones={json.dumps([its(m) for m in progressive.milestones])}",
+                f"data.train.progressive.lq_patches={json.dumps([max(8, round(p * factor)) for p in progressive.lq_patches])}",
+                f"data.train.progressive.batch_sizes={json.dumps([max(2, round(b * factor)) for b in progressive.batch_sizes])}"]
+    out += _limit_overrides(cfg, factor)
+    return out
+
+
+def _limit_overrides(cfg: ExperimentConfig, factor: float) -> list[str]:
+    """Fewer training and test images: a fraction of what each local folder holds."""
+    from dckd.data.specs import pairs_for
+
+    out: list[str] = []
+    if not hasattr(cfg.data.train, "limit"):
+        return out
+    try:
+        n_train = len(pairs_for(cfg.data.train, cfg.task, cfg.scale))
+        out.append(f"data.train.limit={max(2, math.ceil(n_train * factor))}")
+        for split in ("val", "test"):
+            for i, bench in enumerate(getattr(cfg.data, split)):
+                n = len(pairs_for(bench, cfg.task, cfg.scale))
+                out.append(f"data.{split}.{i}.limit={max(1, math.ceil(n * factor))}")
+    except Exception as exc:  # noqa: BLE001 - s3 folders etc.: keep all images, say why
+        print(f"note: --scale-down keeps every image ({exc})", file=sys.stderr)
+    return out
+
+
+class PlannedCell:
+    """A cell with its overrides, validated before anything runs."""
+
+    def __init__(self, table: LoadedTable, cell: Cell, overrides: list[str]) -> None:
+        self.table, self.cell = table, cell
+        self.overrides = overrides
+        self.cfg = table.cell_config(cell, overrides)
+
+    @property
+    def key(self) -> str:
+        return f"{self.table.spec.table}:{self.cell.id}"
+
+
+def plan(name: str, cells: list[str] | None = None, scale_down: float | None = None,
+         overrides: list[str] | None = None, out: Path | None = None,
+         tables_dir: str | Path | None = None) -> list[PlannedCell]:
+    """Every selected cell's full config: a bad table, cell or override fails here, before any trial."""
+    tables = find_tables(name, *([tables_dir] if tables_dir else []))
+    wanted = set(cells or [])
+    known = {c.id for t in tables for c in t.spec.cells}
+    unknown = sorted(wanted - known)
+    if unknown:
+        raise ConfigError(f"{name}: --cells {unknown} not in the table (cells: {', '.join(sorted(known))})")
+    planned = []
+    for table in tables:
+        for cell in table.spec.cells:
+            if wanted and cell.id not in wanted:
+                continue
+            extra = list(overrides or [])
+            if out is not None:
+                extra.append(f"output_dir={out / 'runs' / table.spec.table / cell.id}")
+            if scale_down is not None and scale_down < 1:
+                probe = table.cell_config(cell, extra)
+                extra = [*scale_down_overrides(probe, scale_down), *extra]
+            planned.append(PlannedCell(table, cell, extra))
+    if not planned:
+        raise ConfigError(f"{name}: no cells selected")
+    return planned
+
+
+def describe_plan(name: str, cells: list[str] | None, scale_down: float | None, overrides: list[str] | None,
+                  tables_dir: str | Path | None = None) -> str:
+    """One line per cell: what would run (validated), for ``dckd reproduce --check``."""
+    planned = plan(name, cells, scale_down, overrides, None, tables_dir)
+    lines = [f"{len(planned)} cells" + (f", scaled down x{scale_down:g}" if scale_down else "")]
+    for p in planned:
+        c = p.cfg
+        what = "teacher evaluation" if p.cell.kind == "teacher" else (
+            f"{c.method.preset} ({', '.join(c.method.enabled_terms)}), {c.train.iterations} its, "
+            f"batch {c.train.batch_size}, patch {c.data.train.lq_patch}")
+        lines.append(f"  {p.key:32s} {c.student.preset or c.student.resolved_backbone} x{c.scale}: {what}; "
+                     f"test {[b.name for b in c.data.test]}")
+    return "\n".join(lines)
