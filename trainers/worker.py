@@ -85,7 +85,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     tic = time.perf_counter()
     for batch in make_loader(cfg, engine.iteration, total, rank=rank):
         _fail_once_if_asked(config, rank, engine.iteration + 1)
-        window.append(engine.train_step(batch["lq"], batch["gt"]))
+        window.append({**engine.train_step(batch["lq"], batch["gt"]),
+                       "_images": torch.tensor(float(batch["lq"].shape[0]))})
         t = engine.iteration
         if t % cfg.train.log_every == 0 or t == total:
             record = window_record(window, engine, time.perf_counter() - tic, world_size=world)

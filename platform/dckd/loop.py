@@ -155,7 +155,7 @@ def _train(cfg: ExperimentConfig, engine: Engine, tracker: RunTracker, run_dir: 
     for batch in make_loader(cfg, engine.iteration, end):
         terms = engine.train_step(batch["lq"], batch["gt"])
         example = batch["lq"][:1]
-        window.append(terms)
+        window.append({**terms, "_images": torch.tensor(float(batch["lq"].shape[0]))})
         t = engine.iteration
         bar.update(1)
         if t % cfg.train.log_every == 0 or t == end:
@@ -203,10 +203,16 @@ def _train(cfg: ExperimentConfig, engine: Engine, tracker: RunTracker, run_dir: 
 
 def window_record(window: list[dict[str, torch.Tensor]], engine: Engine, elapsed: float,
                   world_size: int = 1) -> dict[str, float]:
-    """Mean of each loss term over the steps since the last log line, the lr and the throughput."""
-    record = {k: float(torch.stack([w[k] for w in window]).mean()) for k in window[0]}
+    """Mean of each loss term over the steps since the last log line, the lr and the throughput.
+
+    A step's ``_images`` entry (its batch size: progressive schedules change it) counts images;
+    without it every step counts ``train.batch_size``.
+    """
+    record = {k: float(torch.stack([w[k] for w in window]).mean()) for k in window[0] if not k.startswith("_")}
     record["lr"] = engine.lr(engine.iteration)
-    record["images_per_s"] = len(window) * engine.cfg.train.batch_size * world_size / max(elapsed, 1e-9)
+    images = (sum(float(w["_images"]) for w in window) if "_images" in window[0]
+              else len(window) * engine.cfg.train.batch_size)
+    record["images_per_s"] = images * world_size / max(elapsed, 1e-9)
     return record
 
 

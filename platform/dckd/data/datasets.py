@@ -6,11 +6,17 @@ DataLoader workers: a run restarted at iteration ``i`` asks for samples ``i*B ..
 very patches the uninterrupted run would have seen, without saving any RNG or sampler state.
 Each rank walks its own permutation of the images per epoch (epoch = k // n_images), so ranks
 see different data without a DistributedSampler.
+
+With Restormer's progressive schedule the batch size varies, so ``k`` counts samples drawn
+before the batch (:class:`IterationBatches` computes it in closed form from the stages), and the
+index handed to the dataset is ``(k, lq_patch)``: the patch side is part of the request, not
+hidden state, so a resumed run still gets identical batches.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,14 +68,32 @@ def _augment(img: np.ndarray, plan: PatchPlan) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
+def reflect_pad(lq: np.ndarray, gt: np.ndarray, size: int, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad an LR image smaller than ``size`` (and its GT by scale x as much) at the bottom/right.
+
+    Restormer's ``padding`` (``cv2.BORDER_REFLECT``, i.e. numpy ``symmetric``) lets images smaller
+    than the training patch, such as Rain13K's 481x321 ones at patch 384, still be cropped.
+    """
+    dh, dw = max(0, size - lq.shape[0]), max(0, size - lq.shape[1])
+    if dh == 0 and dw == 0:
+        return lq, gt
+    if dh > lq.shape[0] or dw > lq.shape[1]:
+        raise DataError(f"image of LR size {lq.shape[1]}x{lq.shape[0]} is too small to reflect-pad to {size}")
+    lq = np.pad(lq, ((0, dh), (0, dw), (0, 0)), mode="symmetric")
+    gt = np.pad(gt, ((0, dh * scale), (0, dw * scale), (0, 0)), mode="symmetric")
+    return lq, gt
+
+
 class TrainPatches(Dataset):
     """Random aligned LR/GT patches with flips and 90-degree rotations, deterministic per sample.
 
-    ``dataset[k]`` depends only on ``(seed, rank, k)`` and the files. ``len()`` is huge: drive it
-    with ``sampler=range(start * batch, end * batch)``. ``cache_in_memory`` keeps decoded (and,
-    for generated LR, downscaled) uint8 pairs; each DataLoader worker holds its own copy.
+    ``dataset[k]`` depends only on ``(seed, rank, k)`` and the files; ``dataset[(k, p)]`` is the
+    same sample with LR patch side ``p`` instead of ``lq_patch``. ``len()`` is huge: drive it with
+    ``sampler=range(start * batch, end * batch)`` or :class:`IterationBatches`. ``cache_in_memory``
+    keeps decoded (and, for generated LR, downscaled) uint8 pairs; each DataLoader worker holds its own copy.
     Without it, generated-LR pairs are re-downscaled on every access, so prefer LR folders or
-    the cache for large HR images.
+    the cache for large HR images. ``pad_to``: images with an LR side below it are reflect-padded
+    to it first (:func:`reflect_pad`) instead of being refused.
     """
 
     def __init__(
@@ -82,6 +106,7 @@ class TrainPatches(Dataset):
         seed: int = 0,
         rank: int = 0,
         cache_in_memory: bool = False,
+        pad_to: int | None = None,
     ) -> None:
         if not pairs:
             raise DataError("no training image pairs were given")
@@ -95,6 +120,7 @@ class TrainPatches(Dataset):
         self.seed = seed
         self.rank = rank
         self.cache_in_memory = cache_in_memory
+        self.pad_to = pad_to
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._perm: tuple[int, torch.Tensor] | None = None
 
@@ -121,13 +147,14 @@ class TrainPatches(Dataset):
         if cached is not None:
             return cached
         pair = load_pair(self.pairs[index], self.scale)
+        if self.pad_to is not None:
+            pair = reflect_pad(*pair, self.pad_to, self.scale)
         if self.cache_in_memory:
             self._cache[index] = pair
         return pair
 
-    def _plan(self, k: int, index: int, lq_shape: tuple[int, ...]) -> PatchPlan:
+    def _plan(self, k: int, index: int, lq_shape: tuple[int, ...], p: int) -> PatchPlan:
         h, w = lq_shape[:2]
-        p = self.lq_patch
         if h < p or w < p:
             pair = self.pairs[index]
             src = pair.lq_path if pair.lq_path is not None else pair.gt_path
@@ -145,18 +172,23 @@ class TrainPatches(Dataset):
             rot90=bool(self.rot and coins[2]),
         )
 
-    def sample_plan(self, k: int) -> PatchPlan:
-        """The random decisions behind ``self[k]`` (for tests and debugging)."""
+    def sample_plan(self, k: int, lq_patch: int | None = None) -> PatchPlan:
+        """The random decisions behind ``self[k]`` (or ``self[(k, lq_patch)]``), for tests and debugging."""
         index = self.image_index(k)
         lq, _ = self._load(index)
-        return self._plan(k, index, lq.shape)
+        return self._plan(k, index, lq.shape, lq_patch or self.lq_patch)
 
-    def __getitem__(self, k: int) -> dict[str, Any]:
-        k = int(k)
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
+        if isinstance(item, tuple):
+            k, p = int(item[0]), int(item[1])
+            if p < 1:
+                raise ConfigError(f"lq_patch must be a positive integer, got {p!r}")
+        else:
+            k, p = int(item), self.lq_patch
         index = self.image_index(k)
         lq, gt = self._load(index)
-        plan = self._plan(k, index, lq.shape)
-        p, s = self.lq_patch, self.scale
+        plan = self._plan(k, index, lq.shape, p)
+        s = self.scale
         lq_crop = lq[plan.top : plan.top + p, plan.left : plan.left + p]
         gt_crop = gt[plan.top * s : (plan.top + p) * s, plan.left * s : (plan.left + p) * s]
         pair = self.pairs[index]
@@ -167,6 +199,69 @@ class TrainPatches(Dataset):
             "lq_path": str(pair.lq_path) if pair.lq_path is not None else "",
             "gt_path": str(pair.gt_path),
         }
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Iterations up to ``end`` (inclusive, 1-based; None: no end) use this patch and batch size."""
+
+    end: int | None
+    lq_patch: int
+    batch_size: int
+
+
+class IterationBatches:
+    """Batch sampler for iterations ``start + 1 .. end``: a list of dataset indices per iteration.
+
+    With one open-ended stage the indices are the plain sample numbers ``(t-1)*B .. t*B-1`` (the
+    numbering of the fixed-batch loader, so existing runs resume unchanged). With several stages
+    each index is ``(k, lq_patch)``, where ``k`` is the number of samples drawn before it by the
+    whole run; it is computed from the stages, never accumulated, so any ``start`` resumes exactly.
+    """
+
+    def __init__(self, stages: Sequence[Stage], start: int, end: int) -> None:
+        if not stages:
+            raise ConfigError("at least one training stage is needed")
+        for a, b in zip(stages, stages[1:]):
+            if a.end is None or (b.end is not None and b.end <= a.end):
+                raise ConfigError("stage ends must be strictly increasing; only the last may be open")
+        if start < 0 or end < start:
+            raise ValueError(f"need 0 <= start <= end, got start={start}, end={end}")
+        self.stages = list(stages)
+        self.start, self.end = start, end
+
+    def stage_of(self, t: int) -> Stage:
+        """The stage of iteration ``t`` (1-based); after the last end the last stage continues."""
+        for st in self.stages:
+            if st.end is None or t <= st.end:
+                return st
+        return self.stages[-1]
+
+    def samples_before(self, t: int) -> int:
+        """Samples drawn by iterations 1 .. t-1 (the first sample number of iteration t)."""
+        n = t - 1
+        done, prev = 0, 0
+        for i, st in enumerate(self.stages):
+            stop = n if i == len(self.stages) - 1 or st.end is None else min(n, st.end)
+            done += max(0, stop - prev) * st.batch_size
+            prev = stop
+            if stop >= n:
+                break
+        return done
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        plain = len(self.stages) == 1
+        k = self.samples_before(self.start + 1)
+        for t in range(self.start + 1, self.end + 1):
+            st = self.stage_of(t)
+            if plain:
+                yield list(range(k, k + st.batch_size))
+            else:
+                yield [(k + j, st.lq_patch) for j in range(st.batch_size)]
+            k += st.batch_size
 
 
 class BenchmarkSet(Dataset):

@@ -11,15 +11,20 @@ from dckd.storage import resolve_local
 def pairs_for(section: TrainDataConfig | BenchmarkConfig, task: str, scale: int) -> list[ImagePair]:
     """SR: HR folder with LR read from ``lr_dir`` or generated; deblur/derain: input and target folders.
 
+    ``limit`` keeps the first N pairs in name order (both pairers sort), so a scaled-down smoke run
+    trains and scores on a fixed, reproducible subset.
+
     A folder given as ``s3://bucket/prefix`` is synced to the node cache first (once per node,
     see :func:`dckd.storage.sync_to_cache`), so the loaders below only ever see local files.
     """
     if task == "sr":
         assert section.hr_dir is not None  # enforced by ExperimentConfig
         lr_dir = resolve_local(section.lr_dir) if section.lr_dir is not None else None
-        return sr_pairs(resolve_local(section.hr_dir), scale, lr_dir=lr_dir)
-    assert section.input_dir is not None and section.target_dir is not None
-    return folder_pairs(resolve_local(section.input_dir), resolve_local(section.target_dir))
+        pairs = sr_pairs(resolve_local(section.hr_dir), scale, lr_dir=lr_dir)
+    else:
+        assert section.input_dir is not None and section.target_dir is not None
+        pairs = folder_pairs(resolve_local(section.input_dir), resolve_local(section.target_dir))
+    return pairs[: section.limit] if section.limit is not None else pairs
 
 
 def train_pairs(cfg: ExperimentConfig) -> list[ImagePair]:
