@@ -30,9 +30,10 @@ def scale_down_overrides(cfg: ExperimentConfig, factor: float) -> list[str]:
 
     t = cfg.train
     total = max(MIN_ITERATIONS, its(t.iterations))
+    # At most two validations and four checkpoints: a smoke run is about the path, not the curve.
     out = [f"train.iterations={total}",
-           f"train.val_every={min(total, its(t.val_every))}",
-           f"train.ckpt_every={min(total, its(t.ckpt_every))}",
+           f"train.val_every={min(total, max(its(t.val_every), math.ceil(total / 2)))}",
+           f"train.ckpt_every={min(total, max(its(t.ckpt_every), math.ceil(total / 4)))}",
            f"train.log_every={min(total, its(t.log_every))}",
            f"train.batch_size={max(2, round(t.batch_size * factor))}",
            f"data.train.lq_patch={max(8, round(cfg.data.train.lq_patch * factor))}"]

@@ -58,7 +58,7 @@ def test_scale_down_shrinks_every_iteration_setting(table_dir: Path) -> None:
     t = find_tables("t1_a", table_dir)[0]
     cfg = t.cell_config(t.spec.cell("dckd"))
     small = t.cell_config(t.spec.cell("dckd"), scale_down_overrides(cfg, 0.01))
-    assert small.train.iterations == 10 and small.train.val_every == 5 and small.train.ckpt_every == 2
+    assert small.train.iterations == 10 and small.train.val_every == 5 and small.train.ckpt_every == 3
     assert small.schedule.milestones == [4, 8]
     assert small.method.dcr.history.update_every == 1  # 4 * 0.01 rounds to 0: at least 1
     assert small.data.train.lq_patch == 8 and small.train.batch_size == 2
