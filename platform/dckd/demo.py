@@ -17,22 +17,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from dckd.config import ExperimentConfig, load_config
+from dckd.data.prepare import PHOTO_TEST, PHOTO_TRAIN, photo
 from dckd.errors import ConfigError
 
-# Held-out photographs are never seen in training; the rest are cut into random patches.
-TRAIN_PHOTOS = ("astronaut", "coffee", "hubble_deep_field", "immunohistochemistry", "retina", "motorcycle_left")
-TEST_PHOTOS = ("chelsea", "rocket")
-
-
-def _photo(name: str) -> np.ndarray:
-    from skimage import data
-
-    if name == "motorcycle_left":
-        return data.stereo_motorcycle()[0]
-    return getattr(data, name)()
+# Held-out photographs are never seen in training; the rest are cut into random patches. The
+# split is the one `dckd data prepare photos` uses (one definition, in dckd.data.prepare).
+TRAIN_PHOTOS = PHOTO_TRAIN
+TEST_PHOTOS = PHOTO_TEST
 
 
 def prepare_photos(root: Path) -> tuple[Path, Path]:
@@ -44,7 +36,7 @@ def prepare_photos(root: Path) -> tuple[Path, Path]:
         for name in names:
             path = folder / f"{name}.png"
             if not path.exists():
-                write_image(path, np.ascontiguousarray(_photo(name)[..., :3]))
+                write_image(path, photo(name))
     return folders
 
 

@@ -105,7 +105,7 @@ def plan(name: str, cells: list[str] | None = None, scale_down: float | None = N
             if out is not None:
                 extra.append(f"output_dir={out / 'runs' / table.spec.table / cell.id}")
             if scale_down is not None and scale_down < 1:
-                probe = table.cell_config(cell, extra)
+                probe = table.base_cell_config(cell, extra)
                 extra = [*scale_down_overrides(probe, scale_down), *extra]
             planned.append(PlannedCell(table, cell, extra))
     if not planned:

@@ -97,18 +97,24 @@ class LoadedTable(BaseModel):
     def cell_overrides(self, cell: Cell, extra: list[str] | None = None) -> list[str]:
         return [*self.spec.set, *cell.set, f"name={self.spec.table}-{cell.id}", *(extra or [])]
 
-    def cell_config(self, cell: Cell, extra: list[str] | None = None) -> ExperimentConfig:
-        """The cell's full experiment; a bad override names the table file and the cell."""
+    def base_cell_config(self, cell: Cell, extra: list[str] | None = None) -> ExperimentConfig:
+        """The cell's experiment with every test set of its base (overrides index that list)."""
         try:
-            cfg = load_config(self.base_path, self.cell_overrides(cell, extra))
+            return load_config(self.base_path, self.cell_overrides(cell, extra))
         except ConfigError as exc:
             raise ConfigError(f"{self.path}: cell {cell.id}:\n{exc}") from None
+
+    def cell_config(self, cell: Cell, extra: list[str] | None = None) -> ExperimentConfig:
+        """The cell's full experiment, scored on the table's benchmarks; errors name the table and cell."""
+        cfg = self.base_cell_config(cell, extra)
         names = [b.name for b in cfg.data.test]
         missing = [b for b in self.spec.benchmarks if b not in names]
         if missing:
             raise ConfigError(f"{self.path}: cell {cell.id}: benchmarks {missing} are not test sets of "
                               f"{self.base_path} (it has {names})")
-        return cfg
+        # Only the table's columns are scored (Table 5 reports Set14 and Urban100, not B100).
+        tests = [b for b in cfg.data.test if b.name in self.spec.benchmarks]
+        return cfg.model_copy(update={"data": cfg.data.model_copy(update={"test": tests})})
 
 
 def read_table(path: str | Path) -> LoadedTable:

@@ -285,7 +285,7 @@ def window_starts(size: int, crop: int, step: int, thresh: int = 0) -> list[int]
 
 
 @functools.cache
-def _photo(name: str) -> np.ndarray:
+def photo(name: str) -> np.ndarray:
     """A scikit-image colour photograph (read-only: it is shared by every region cut from it)."""
     from skimage import data
 
@@ -331,7 +331,7 @@ def load_ref(ref: ImageRef) -> np.ndarray:
     """The uint8 RGB pixels of an image source."""
     if isinstance(ref, Path):
         return read_image(ref)
-    img = _photo(ref.photo)[ref.top: ref.top + ref.height, ref.left: ref.left + ref.width]
+    img = photo(ref.photo)[ref.top: ref.top + ref.height, ref.left: ref.left + ref.width]
     if img.shape[:2] != (ref.height, ref.width):
         raise DataError(f"photo {ref.photo} has no {ref.height}x{ref.width} region at ({ref.top}, {ref.left})")
     if ref.effect == "blur":
@@ -623,7 +623,7 @@ PHOTO_VERSION = 1
 
 def _centre(name: str, h: int, w: int, dy: int = 0, dx: int = 0, effect: Literal["", "blur", "rain"] = "",
             seed: int = 0) -> PhotoRef:
-    ph, pw = _photo(name).shape[:2]
+    ph, pw = photo(name).shape[:2]
     top = min(max((ph - h) // 2 + dy, 0), ph - h)
     left = min(max((pw - w) // 2 + dx, 0), pw - w)
     return PhotoRef(name, top, left, h, w, effect, seed)
