@@ -96,7 +96,9 @@ def run_reproduce(name: str, cells: list[str] | None = None, scale_down: float |
         parent.log_text(published_json(t.spec), f"published/{t.spec.table}.json")
 
     cells_meta = {p.key: {"config": p.cfg.model_dump(mode="json"), "kind": p.cell.kind} for p in planned}
-    space = {"cell": tune.grid_search([p.key for p in planned]),
+    # Longest first: with fewer slots than cells, the expensive cells do not start last.
+    order = sorted(planned, key=_cost, reverse=True)
+    space = {"cell": tune.grid_search([p.key for p in order]),
              "__plan__": {"cells": cells_meta, "tracking_uri": uri, "parent_run_id": parent_id}}
     per_trial = 1 + base.ray.num_workers * base.ray.cpus_per_worker
     import ray
@@ -128,6 +130,15 @@ def run_reproduce(name: str, cells: list[str] | None = None, scale_down: float |
                             "metrics": {b: list(v) for b, v in r.metrics.items()}} for r in results]}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _cost(p: PlannedCell) -> float:
+    """A rough relative cost of a cell, to schedule the longest first (teacher evaluations are cheap)."""
+    if p.cell.kind == "teacher":
+        return 0.0
+    m = p.cfg.method
+    passes = 1 + len(m.enabled_terms) + (m.dcr.num_negatives if m.dcr.enabled else 0) + 2 * bool(m.needs_vqgan)
+    return p.cfg.train.iterations * p.cfg.train.batch_size * passes
 
 
 def _notes(p: PlannedCell) -> list[str]:
