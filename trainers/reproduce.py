@@ -20,7 +20,7 @@ from typing import Any
 from dckd.config import ExperimentConfig
 from dckd.errors import ConfigError
 from dckd.reproduction import PlannedCell, plan
-from dckd.tables import LoadedTable, published_json
+from dckd.tables import published_json
 
 
 # --------------------------------------------------------------------------- one trial
@@ -74,10 +74,10 @@ def run_reproduce(name: str, cells: list[str] | None = None, scale_down: float |
     """Run the cells as one Tune grid, read the scores back from MLflow, write the report."""
     from ray import tune
 
-    from dckd.report import write_report
+    from dckd.report import TableInfo, write_report
     from dckd.tracking import RunTracker, resolve_tracking_uri
     from trainers.driver import ensure_ray
-    from trainers.tune import close_stopped_runs
+    from trainers.tune import close_stopped_runs, concurrency
 
     stem = Path(name).stem if name.endswith((".yaml", ".yml")) else name
     tag = stem if scale_down is None else f"{stem}-x{scale_down:g}"
@@ -92,23 +92,20 @@ def run_reproduce(name: str, cells: list[str] | None = None, scale_down: float |
     parent.client.set_tag(parent_id, "dckd.reproduce", name)
     if scale_down is not None:
         parent.client.set_tag(parent_id, "dckd.scale_down", str(scale_down))
-    for t in {p.table.spec.table: p.table for p in planned}.values():
-        parent.log_text(published_json(t.spec), f"published/{t.spec.table}.json")
+    tables = list({p.table.spec.table: p.table.spec for p in planned}.values())
+    for spec in tables:
+        parent.log_text(published_json(spec), f"published/{spec.table}.json")
 
     cells_meta = {p.key: {"config": p.cfg.model_dump(mode="json"), "kind": p.cell.kind} for p in planned}
     # Longest first: with fewer slots than cells, the expensive cells do not start last.
     order = sorted(planned, key=_cost, reverse=True)
     space = {"cell": tune.grid_search([p.key for p in order]),
              "__plan__": {"cells": cells_meta, "tracking_uri": uri, "parent_run_id": parent_id}}
-    per_trial = 1 + base.ray.num_workers * base.ray.cpus_per_worker
-    import ray
-
-    fits = max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
     print(f"reproducing {len(planned)} cells of {name}"
           + (f" scaled down x{scale_down:g}" if scale_down else "") + f"; MLflow: {uri}", file=sys.stderr)
     tuner = tune.Tuner(
         _trial, param_space=space,
-        tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or fits),
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrency(base, max_concurrent)),
         run_config=tune.RunConfig(name=f"reproduce-{tag}", storage_path=str(out_dir / "tune"),
                                   verbose=1),
     )
@@ -116,9 +113,8 @@ def run_reproduce(name: str, cells: list[str] | None = None, scale_down: float |
     close_stopped_runs(parent.client, parent.experiment_id, parent_id)
     errors = {r.config["cell"]: repr(r.error) for r in grid if r.error is not None and r.config}
     results = collect_results(parent, parent_id, planned, out_dir / "samples", errors)
-    tables = [table_info(t) for t in {p.table.spec.table: p.table for p in planned}.values()]
     notes = sorted({n for p in planned for n in _notes(p)})
-    files = write_report(tables, results, out_dir, scale_down=scale_down,
+    files = write_report([TableInfo.from_spec(spec) for spec in tables], results, out_dir, scale_down=scale_down,
                          title=f"Reproduction of {name}", extra_notes=notes)
     for f in files.values():
         if Path(f).is_file():
@@ -150,13 +146,6 @@ def _notes(p: PlannedCell) -> list[str]:
     if cfg.method.needs_vqgan and cfg.vqgan.checkpoint is None:
         notes.append("the VQGAN encoder has random weights (no checkpoint given)")
     return notes
-
-
-def table_info(table: LoadedTable):
-    from dckd.report import TableInfo
-
-    s = table.spec
-    return TableInfo(table=s.table, title=s.title, paper_ref=s.paper_ref, benchmarks=list(s.benchmarks), notes=s.notes)
 
 
 def collect_results(parent, parent_id: str, planned: list[PlannedCell], samples_dir: Path,

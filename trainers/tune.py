@@ -153,12 +153,12 @@ def _trial(params: dict[str, Any]) -> None:
     trainer.fit()
 
 
-def concurrency(sweep: SweepConfig, base: ExperimentConfig) -> int:
+def concurrency(base: ExperimentConfig, max_concurrent: int | None = None) -> int:
     """Trials that fit at once: each takes a CPU for its driver plus its workers' resources."""
     import ray
 
-    if sweep.max_concurrent:
-        return sweep.max_concurrent
+    if max_concurrent:
+        return max_concurrent
     res = ray.cluster_resources()
     per_trial_cpu = 1 + base.ray.num_workers * base.ray.cpus_per_worker
     fits = int(res.get("CPU", 1) // per_trial_cpu)
@@ -206,7 +206,7 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, tracking_uri
         param_space=space,
         tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, scheduler=scheduler,
                                     num_samples=sweep.num_samples,
-                                    max_concurrent_trials=concurrency(sweep, base)),
+                                    max_concurrent_trials=concurrency(base, sweep.max_concurrent)),
         run_config=tune.RunConfig(name=sweep.name, storage_path=str(sweep.out / "tune")),
     )
     grid = tuner.fit()

@@ -51,3 +51,21 @@ def test_table5_scaled_down_fills_every_cell_of_the_report(ray_local, tmp_path: 
     assert params["table5-baseline"]["method.dcr.enabled"] == "false"
     assert params["table5-dmm"]["method.dmm.enabled"] == "true"
     assert params["table5-dcr_dmm"]["train.iterations"] == "3"
+
+
+def test_a_teacher_cell_scores_the_teacher_without_training(ray_local, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "data"
+    prepare.prepare(["photos"], root, opts=prepare.Options(progress=False))
+    monkeypatch.setenv("DCKD_DATA_ROOT", str(root))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    summary = run_reproduce("table2_rcan_x2", cells=["teacher"], scale_down=SCALE_DOWN, overrides=CPU_RUN,
+                            out=tmp_path / "report", tracking_uri=uri)
+    assert not summary["errors"]
+    (result,) = summary["results"]
+    assert result["status"] == "ok" and set(result["metrics"]) == {"Set5", "Set14", "B100", "Urban100"}
+    run = mlflow.MlflowClient(uri).get_run(result["run_id"])
+    assert run.data.tags["dckd.note"] == "teacher has no checkpoint: random weights"
+    assert "train.iterations" in run.data.params and not any(k.startswith("total") for k in run.data.metrics)
+    md = Path(summary["report"]["md"]).read_text()
+    assert "38.27 / 0.9614" in md  # the published RCAN x2 teacher on Set5
