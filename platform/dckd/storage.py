@@ -506,13 +506,7 @@ def sync_to_cache(uri: str, cache_root: str | os.PathLike[str] | None = None, pr
         try:
             _fill(client, uri, manifest, tmp, progress, link_old)
             _write_local_manifest(tmp, uri, manifest, digest)
-            if dest.exists():
-                trash = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-                os.rename(dest, trash / "data")
-                os.rename(tmp, dest)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.rename(tmp, dest)
+            swap_in(tmp, dest)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -524,3 +518,14 @@ def resolve_local(path_or_uri: str | os.PathLike[str]) -> Path:
     if is_remote(path_or_uri):
         return sync_to_cache(str(path_or_uri))
     return Path(path_or_uri).expanduser()
+
+
+def swap_in(staging: Path, final: Path) -> None:
+    """Replace the folder ``final`` by ``staging`` with renames (the old copy is removed afterwards)."""
+    if final.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.rename(final, trash / "data")
+        os.rename(staging, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.rename(staging, final)

@@ -751,17 +751,6 @@ def _execute(jobs: list[Job], staging: Path, opts: Options, desc: str) -> list[d
     return entries
 
 
-def _swap_in(staging: Path, final: Path) -> None:
-    """Replace ``final`` by ``staging`` with renames (the old copy is removed afterwards)."""
-    if final.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-        os.rename(final, trash / "data")
-        os.rename(staging, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.rename(staging, final)
-
-
 def write_manifest(folder: Path, files: list[dict[str, Any]], prepared: dict[str, Any]) -> dict[str, Any]:
     """``folder/manifest.json`` in :mod:`dckd.storage`'s format, plus the ``prepared`` record."""
     manifest = {"format": storage.MANIFEST_FORMAT, "version": storage.MANIFEST_VERSION,
@@ -832,7 +821,7 @@ def prepare_one(spec: Spec, plan: Plan, root: Path, opts: Options) -> Result:
                 dup = sorted({p for p in paths if paths.count(p) > 1})
                 raise DataError(f"two source files map to the same output {_names(dup)}; rename one")
             manifest = write_manifest(staging, entries, prepared)
-            _swap_in(staging, final)
+            storage.swap_in(staging, final)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
