@@ -1,5 +1,10 @@
 """Errors that reach the user as one clear line (no traceback) from the ``dckd`` command."""
 
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
 
 class DckdError(Exception):
     """Base class: the message names the file, URI or config field at fault."""
@@ -19,3 +24,11 @@ class CheckpointError(DckdError):
 
 class StorageError(DckdError):
     """A remote dataset (``s3://``) cannot be read or written: missing, unreachable, denied, corrupt."""
+
+
+def note_random_weights(message: str, log: Callable[[str], None] | None = None) -> None:
+    """Say that a frozen network runs with random weights: to the run's log, else as a warning."""
+    if log is None:
+        warnings.warn(message, UserWarning, stacklevel=3)
+    else:
+        log(message)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from taming.modules.diffusionmodules.model import Encoder, nonlinearity
 from taming.modules.vqvae.quantize import VectorQuantizer
 from torch import Tensor, nn
 
-from dckd.errors import CheckpointError
+from dckd.errors import CheckpointError, note_random_weights
 
 __all__ = [
     "VQGANFeatures",
@@ -256,10 +255,7 @@ class VQGANFeatures(nn.Module):
                 "codebook; DCKD's contrastive and distribution terms are then not the paper's "
                 "(set vqgan.checkpoint to vqgan_imagenet_f16_1024.ckpt for real runs)"
             )
-            if log is None:
-                warnings.warn(message, UserWarning, stacklevel=2)
-            else:
-                log(message)
+            note_random_weights(message, log)
             return model
         model.load_checkpoint(spec.checkpoint, log=log)
         return model

@@ -20,11 +20,21 @@ CPU_RUN = ["teacher.checkpoint=null", "vqgan.checkpoint=null", "ray.use_gpu=fals
            "data.train.num_workers=0", "train.device=cpu", "train.threads=1"]
 
 
-def test_table5_scaled_down_fills_every_cell_of_the_report(ray_local, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    root = tmp_path / "data"
+@pytest.fixture(scope="module")
+def photos_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`dckd data prepare photos`: the stand-in for every dataset the paper configs name (once)."""
+    root = tmp_path_factory.mktemp("photos")
     prepare.prepare(["photos"], root, opts=prepare.Options(progress=False))
-    monkeypatch.setenv("DCKD_DATA_ROOT", str(root))
+    return root
+
+
+@pytest.fixture
+def photos_data(photos_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("DCKD_DATA_ROOT", str(photos_root))
+    return photos_root
+
+
+def test_table5_scaled_down_fills_every_cell_of_the_report(ray_local, photos_data: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     summary = run_reproduce("table5", scale_down=SCALE_DOWN, overrides=CPU_RUN, out=tmp_path / "report",
                             tracking_uri=uri, max_concurrent=2)
@@ -53,11 +63,7 @@ def test_table5_scaled_down_fills_every_cell_of_the_report(ray_local, tmp_path: 
     assert params["table5-dcr_dmm"]["train.iterations"] == "3"
 
 
-def test_a_teacher_cell_scores_the_teacher_without_training(ray_local, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    root = tmp_path / "data"
-    prepare.prepare(["photos"], root, opts=prepare.Options(progress=False))
-    monkeypatch.setenv("DCKD_DATA_ROOT", str(root))
+def test_a_teacher_cell_scores_the_teacher_without_training(ray_local, photos_data: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     summary = run_reproduce("table2_rcan_x2", cells=["teacher"], scale_down=SCALE_DOWN, overrides=CPU_RUN,
                             out=tmp_path / "report", tracking_uri=uri)

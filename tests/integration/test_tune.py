@@ -23,13 +23,26 @@ def data_overrides(hr: Path, out: Path) -> list[str]:
     return [f"data.train.hr_dir={hr}", f"data.val.0.hr_dir={hr}", f"output_dir={out}"]
 
 
+def smoke_sweep(tmp_path: Path) -> Path:
+    """The shipped smoke sweep, pointed at the smoke experiment and a folder of this test."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text(SWEEP.read_text().replace("../smoke.yaml", str(ROOT / "experiments" / "smoke.yaml"))
+                    + f"output_dir: {tmp_path / 'sweep'}\n")
+    return path
+
+
+def sweep_on_smoke(tmp_path: Path, body: str) -> Path:
+    """A sweep file named ``bad`` over the smoke experiment with the given search/scheduler text."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"name: bad\nbase: {ROOT / 'experiments' / 'smoke.yaml'}\n{body}")
+    return path
+
+
 def test_sweep_of_four_trials_lands_in_mlflow_and_the_table(ray_local, tmp_path: Path, hr_folder: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     overrides = [*data_overrides(hr_folder, tmp_path / "base"), "train.iterations=4", "train.val_every=2",
                  "train.ckpt_every=2"]
-    sweep_file = tmp_path / "sweep.yaml"
-    sweep_file.write_text(SWEEP.read_text().replace("../smoke.yaml", str(ROOT / "experiments" / "smoke.yaml"))
-                          + f"output_dir: {tmp_path / 'sweep'}\n")
+    sweep_file = smoke_sweep(tmp_path)
     summary = run_sweep(sweep_file, overrides, tracking_uri=uri)
     assert summary["trials"] == 4
 
@@ -84,9 +97,7 @@ def assert_no_reserved_placement_groups(ray_module, timeout_s: float = 30.0) -> 
 
 
 def test_a_bad_axis_is_refused_before_any_trial(tmp_path: Path, hr_folder: Path) -> None:
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(f"name: bad\nbase: {ROOT / 'experiments' / 'smoke.yaml'}\n"
-                   "search:\n  method.dcr.num_negatives: {grid: [0, 3]}\n")
+    bad = sweep_on_smoke(tmp_path, "search:\n  method.dcr.num_negatives: {grid: [0, 3]}\n")
     with pytest.raises(ConfigError, match="method.dcr.num_negatives"):
         load_sweep(bad, data_overrides(hr_folder, tmp_path / "o"))
 
@@ -95,18 +106,15 @@ def test_asha_is_refused_without_the_state_api(ray_local, tmp_path: Path, hr_fol
     import trainers.driver
 
     monkeypatch.setattr(trainers.driver, "state_api_available", lambda timeout=10.0: False)
-    sweep_file = tmp_path / "sweep.yaml"
-    sweep_file.write_text(SWEEP.read_text().replace("../smoke.yaml", str(ROOT / "experiments" / "smoke.yaml"))
-                          + f"output_dir: {tmp_path / 'sweep'}\n")
+    sweep_file = smoke_sweep(tmp_path)
     with pytest.raises(ConfigError, match="asha needs the Ray cluster's State API"):
         run_sweep(sweep_file, data_overrides(hr_folder, tmp_path / "o"), tracking_uri=f"sqlite:///{tmp_path}/m.db")
     assert not (tmp_path / "m.db").exists()
 
 
 def test_a_grace_period_past_the_end_is_refused(tmp_path: Path, hr_folder: Path) -> None:
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(f"name: bad\nbase: {ROOT / 'experiments' / 'smoke.yaml'}\n"
-                   "search:\n  method.dcr.num_negatives: {grid: [1, 3]}\nscheduler: {name: asha, grace_period: 8}\n")
+    bad = sweep_on_smoke(tmp_path, "search:\n  method.dcr.num_negatives: {grid: [1, 3]}\n"
+                               "scheduler: {name: asha, grace_period: 8}\n")
     with pytest.raises(ConfigError, match="scheduler.grace_period = 8"):
         load_sweep(bad, data_overrides(hr_folder, tmp_path / "o"))
 

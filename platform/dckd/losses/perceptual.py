@@ -10,7 +10,6 @@ random network, which is reported, never hidden.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.vgg import cfgs, make_layers
 
-from dckd.errors import CheckpointError
+from dckd.errors import CheckpointError, note_random_weights
 from dckd.models.weights import load_state_dict_file
 
 __all__ = ["VGG16_LAYERS", "VGGFeatures", "negative_perceptual_distance"]
@@ -102,10 +101,7 @@ class VGGFeatures(nn.Module):
                 "perceptual term measures distances in a random network; set the VGG16 checkpoint "
                 "(torchvision vgg16-397923af.pth) for real runs"
             )
-            if log is None:
-                warnings.warn(message, UserWarning, stacklevel=2)
-            else:
-                log(message)
+            note_random_weights(message, log)
         else:
             self.load_checkpoint(checkpoint, log=log)
         self.requires_grad_(False)
