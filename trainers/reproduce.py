@@ -113,7 +113,7 @@ def run_reproduce(name: str, cells: list[str] | None = None, scale_down: float |
     close_stopped_runs(parent.client, parent.experiment_id, parent_id)
     errors = {r.config["cell"]: repr(r.error) for r in grid if r.error is not None and r.config}
     results = collect_results(parent, parent_id, planned, out_dir / "samples", errors)
-    notes = sorted({n for p in planned for n in _notes(p)})
+    notes = sorted({n for p in planned for n in _notes(p)}) + _batch_notes(planned)
     files = write_report([TableInfo.from_spec(spec) for spec in tables], results, out_dir, scale_down=scale_down,
                          title=f"Reproduction of {name}", extra_notes=notes)
     for f in files.values():
@@ -148,6 +148,17 @@ def _notes(p: PlannedCell) -> list[str]:
     return notes
 
 
+def _batch_notes(planned: list[PlannedCell]) -> list[str]:
+    """One line per distinct batch difference, naming the cells it applies to."""
+    by_note: dict[str, list[str]] = {}
+    for p in planned:
+        if (note := p.batch_note) is not None:
+            by_note.setdefault(note, []).append(p.key)
+    trained = [p.key for p in planned if p.cell.kind != "teacher"]
+    return [f"{'every trained cell' if keys == trained else ', '.join(keys)}: {note}"
+            for note, keys in by_note.items()]
+
+
 def collect_results(parent, parent_id: str, planned: list[PlannedCell], samples_dir: Path,
                     errors: dict[str, str]) -> list:
     """Each cell's test scores and first test sample, read from its child MLflow run."""
@@ -177,7 +188,7 @@ def collect_results(parent, parent_id: str, planned: list[PlannedCell], samples_
         results.append(CellResult(table=p.table.spec.table, cell=p.cell.id, label=p.cell.title, status=status,
                                   metrics=metrics, published=dict(p.cell.published),
                                   run_id=run.info.run_id if run is not None else None, samples=samples,
-                                  error=errors.get(p.key)))
+                                  error=errors.get(p.key), settings=p.settings))
     return results
 
 

@@ -56,7 +56,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    engine = Engine(cfg, device=device, rank=rank, wrap_student=_wrap_ddp(device) if world > 1 else None,
+    engine = Engine(cfg, device=device, rank=rank, world_size=world,
+                    wrap_student=_wrap_ddp(device) if world > 1 else None,
                     notes=(lambda m: print(f"note: {m}", file=sys.stderr, flush=True)) if rank == 0 else
                     (lambda _m: None))
     checkpoint = ray.train.get_checkpoint()

@@ -193,6 +193,16 @@ class DegradationConfig(Strict):
     )
     noise_sigma: tuple[float, float] = Field(default=(1.0, 30.0), description="on the 0-255 scale")
     gray_noise_prob: float = Field(default=0.5, ge=0.0, le=1.0)
+    released_shared_gray_noise: bool = Field(
+        default=False,
+        description="one grey noise field for the whole batch, scaled by each image's sigma, as BasicSR's "
+        "noise helper in the release draws it; default: an independent field per image",
+    )
+    released_unclamped_resize: bool = Field(
+        default=False,
+        description="no clamp after the degradation, as released: bicubic overshoot of the resize back "
+        "stays outside [0, 1] (the noise step is clipped either way); default: clamped to [0, 1]",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -253,8 +263,8 @@ class DMMConfig(TermConfig):
     weight: NonNegative = 0.001
     released_double_softmax: bool = Field(
         default=False,
-        description="the released code feeds probabilities to F.cross_entropy (softmax twice); "
-        "default is Eq. 9 as written",
+        description="the released code feeds the student's probabilities to F.cross_entropy (softmax "
+        "twice); default: Eq. 9 as written, one log-softmax",
     )
 
 
@@ -363,18 +373,30 @@ METHOD_TERMS: dict[str, tuple[str, ...]] = {
     "scratch": ("rec",),
     "logits": ("rec", "kd"),
     "dckd": ("rec", "kd", "dcr", "dmm"),
+    "dckd_release": ("rec", "kd", "dcr", "dmm", "lcr"),
     "dckd_star": ("rec", "kd", "dcr", "dmm", "lcr", "dukd"),
     "fakd": ("rec", "kd", "fakd"),
     "mipkd": ("rec", "kd", "mipkd"),
     "dukd": ("rec", "kd", "dukd"),
     "mclir": ("rec", "mclir"),
 }
+MethodPreset = Literal["scratch", "logits", "dckd", "dckd_release", "dckd_star", "fakd", "mipkd", "dukd", "mclir"]
+
+#: The switches (paths inside ``method``) that make a step compute what the authors' release
+#: computes. Each defaults to the paper as written; ``dckd_release`` turns all of them on.
+RELEASE_SWITCHES: tuple[str, ...] = (
+    "dmm.released_double_softmax",
+    "dcr.degradation.released_shared_gray_noise",
+    "dcr.degradation.released_unclamped_resize",
+)
+#: Switch values a preset sets unless the config gives them itself.
+PRESET_SWITCHES: dict[str, dict[str, bool]] = {"dckd_release": dict.fromkeys(RELEASE_SWITCHES, True)}
 
 
 class MethodConfig(Strict):
     """A distillation method as weighted loss terms; ``preset`` says which are on by default."""
 
-    preset: Literal["scratch", "logits", "dckd", "dckd_star", "fakd", "mipkd", "dukd", "mclir"] = "dckd"
+    preset: MethodPreset = "dckd"
     rec: TermConfig = Field(default_factory=TermConfig)
     kd: TermConfig = Field(default_factory=TermConfig)
     dcr: DCRConfig = Field(default_factory=DCRConfig)
@@ -384,6 +406,29 @@ class MethodConfig(Strict):
     mipkd: MiPKDConfig = Field(default_factory=MiPKDConfig)
     dukd: DUKDConfig = Field(default_factory=DUKDConfig)
     mclir: MCLIRConfig = Field(default_factory=MCLIRConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_switches(cls, data: Any) -> Any:
+        """A preset's switch values (``PRESET_SWITCHES``) fill what the config leaves unset."""
+        if not isinstance(data, dict) or not PRESET_SWITCHES.get(data.get("preset", "dckd")):
+            return data
+        data = dict(data)
+        for dotted, value in PRESET_SWITCHES[data.get("preset", "dckd")].items():
+            *path, leaf = dotted.split(".")
+            node = data
+            for part in path:
+                child = node.get(part)
+                if isinstance(child, BaseModel):  # a section passed as a model: keep what it set
+                    child = child.model_dump(exclude_unset=True)
+                if child is None:
+                    child = {}
+                if not isinstance(child, dict):
+                    break  # not a mapping: field validation refuses it with its path
+                node[part] = node = dict(child)  # copies: the caller's dicts stay as they were
+            else:
+                node.setdefault(leaf, value)
+        return data
 
     @model_validator(mode="after")
     def _fill_enabled(self) -> MethodConfig:
@@ -410,6 +455,17 @@ class MethodConfig(Strict):
     @property
     def needs_vqgan(self) -> bool:
         return bool(self.dcr.enabled or self.dmm.enabled)
+
+    def switch(self, dotted: str) -> bool:
+        """The value of a switch named by its path inside ``method`` (see ``RELEASE_SWITCHES``)."""
+        node: Any = self
+        for part in dotted.split("."):
+            node = getattr(node, part)
+        return bool(node)
+
+    @property
+    def release_switches(self) -> dict[str, bool]:
+        return {name: self.switch(name) for name in RELEASE_SWITCHES}
 
 
 # --------------------------------------------------------------------------- optimisation
@@ -443,7 +499,13 @@ class ScheduleConfig(Strict):
 
 class TrainConfig(Strict):
     iterations: int = Field(default=250_000, ge=1)
-    batch_size: int = Field(default=16, ge=1)
+    batch_size: int = Field(default=16, ge=1, description="per worker (per GPU)")
+    total_batch: int | None = Field(
+        default=None, ge=1,
+        description="the total batch per optimizer step the experiment is specified with (the paper's SR "
+        "runs: 16 per GPU x 4 GPUs = 64). It changes nothing: a run whose world size gives another total "
+        "says so before training, and reports carry it",
+    )
     ema_decay: float = Field(default=0.999, ge=0.0, lt=1.0)
     val_every: int = Field(default=5000, ge=1)
     ckpt_every: int = Field(default=5000, ge=1)

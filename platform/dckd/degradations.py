@@ -5,6 +5,11 @@ kernel sizes from {3,...,11} and sigmas in [0.1, 2] drawn independently per axis
 per degraded copy; resize up (p 0.25, x U(1, 1.5)) or down (x U(0.5, 1)) with a random
 mode, undone after the noise; Gaussian noise with sigma U(1, 30)/255 per image, grey with
 probability ``gray_noise_prob``, clipped to [0, 1] and not rounded.
+
+Two of the release's quirks are switches (``DegradationConfig``), off by default and on in the
+``dckd_release`` preset: BasicSR's noise helper draws one grey noise field for the whole batch
+(``released_shared_gray_noise``), and nothing clamps after the resize back, so bicubic overshoot
+stays in the negative (``released_unclamped_resize``).
 """
 
 from __future__ import annotations
@@ -69,15 +74,20 @@ def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
 
 
 def add_gaussian_noise(x: torch.Tensor, sigma_range: tuple[float, float], gray_prob: float,
-                       rng: StepRng) -> torch.Tensor:
-    """Per-image sigma (0-255 scale) and per-image grey/colour choice, clipped to [0, 1]."""
+                       rng: StepRng, shared_gray: bool = False) -> torch.Tensor:
+    """Per-image sigma (0-255 scale) and per-image grey/colour choice, clipped to [0, 1].
+
+    ``shared_gray``: the grey images of the batch all get the same unit noise field (each scaled
+    by its own sigma), as BasicSR's ``generate_gaussian_noise_pt`` draws one HxW field per call.
+    """
     b, c = x.shape[:2]
     lo, hi = sigma_range
     sigma = (lo + (hi - lo) * torch.rand(b, generator=rng.cpu)) / 255.0
     gray = torch.rand(b, generator=rng.cpu) < gray_prob
     noise = torch.randn(x.shape, generator=rng.device, device=x.device, dtype=x.dtype)
     if bool(gray.any()):
-        gray_noise = torch.randn((b, 1, *x.shape[2:]), generator=rng.device, device=x.device, dtype=x.dtype)
+        fields = 1 if shared_gray else b
+        gray_noise = torch.randn((fields, 1, *x.shape[2:]), generator=rng.device, device=x.device, dtype=x.dtype)
         noise = torch.where(gray.to(x.device).view(b, 1, 1, 1), gray_noise.expand_as(x), noise)
     return (x + noise * sigma.to(x).view(b, 1, 1, 1)).clamp(0.0, 1.0)
 
@@ -98,10 +108,10 @@ def degrade(x: torch.Tensor, cfg: DegradationConfig, rng: StepRng) -> torch.Tens
         y = _resize(y, size, rng.choice(cfg.resize_modes))
         resized = True
     if cfg.noise_prob > 0 and rng.bernoulli(cfg.noise_prob):
-        y = add_gaussian_noise(y, cfg.noise_sigma, cfg.gray_noise_prob, rng)
+        y = add_gaussian_noise(y, cfg.noise_sigma, cfg.gray_noise_prob, rng, cfg.released_shared_gray_noise)
     if resized:
         y = _resize(y, (h, w), rng.choice(cfg.resize_modes))
-    return y.clamp(0.0, 1.0)
+    return y if cfg.released_unclamped_resize else y.clamp(0.0, 1.0)
 
 
 def negative_inputs(lq: torch.Tensor, num_negatives: int, cfg: DegradationConfig, rng: StepRng) -> torch.Tensor:

@@ -24,6 +24,7 @@ from dckd.checkpoint import atomic_save, capture_rng, restore_rng, safe_load
 from dckd.config import ExperimentConfig, ModelSpec
 from dckd.data import derive_seed
 from dckd.degradations import StepRng
+from dckd.describe import batch_note
 from dckd.errors import CheckpointError, ConfigError
 from dckd.losses.fakd import fakd_layers
 from dckd.losses.mipkd import MiPKDMixer, build_mixer
@@ -72,6 +73,7 @@ class Engine:
         rank: int = 0,
         wrap_student: Callable[[nn.Module], nn.Module] | None = None,
         notes: Callable[[str], None] | None = None,
+        world_size: int = 1,
     ) -> None:
         self.cfg = cfg
         self.rank = rank
@@ -80,6 +82,8 @@ class Engine:
         self._note = notes or (lambda msg: log.warning(msg))
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
+        if (differs := batch_note(cfg, world_size)) is not None:
+            self.note(differs)
 
         # The student's initial weights depend only on the seed (identical on every worker).
         torch.manual_seed(cfg.seed)

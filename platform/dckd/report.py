@@ -36,8 +36,11 @@ if TYPE_CHECKING:
 
 DASH = "—"
 SAMPLE_LEGEND = "input (nearest-upscaled) | teacher | student | ground truth"
+#: The settings of a cell the report shows beside its scores, with their column headings.
+SETTINGS = {"method": "method (preset and changes)", "terms": "loss terms", "schedule": "learning rate",
+            "batch": "batch per step"}
 CSV_COLUMNS = ["table", "cell", "label", "benchmark", "status", "reproduced_psnr", "reproduced_ssim",
-               "published_psnr", "published_ssim", "delta_psnr", "delta_ssim", "run_id"]
+               "published_psnr", "published_ssim", "delta_psnr", "delta_ssim", "run_id", *SETTINGS]
 
 
 @dataclass
@@ -74,6 +77,8 @@ class CellResult:
     run_id: str | None = None
     samples: list[Path] = field(default_factory=list)
     error: str | None = None
+    #: How the cell trained, in words (``SETTINGS`` keys: method, terms, schedule, batch).
+    settings: dict[str, str] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- numbers
@@ -190,6 +195,7 @@ def write_csv(model: list[_Table], path: Path) -> Path:
                         "delta_psnr": _csv(None if dp is None else round(dp, 6)),
                         "delta_ssim": _csv(None if ds is None else round(ds, 6)),
                         "run_id": r.run_id or "",
+                        **{k: r.settings.get(k, "") for k in SETTINGS},
                     })
     return path
 
@@ -317,6 +323,10 @@ def _mean_delta(t: _Table) -> str | None:
 
 
 # --------------------------------------------------------------------------- Markdown
+def _has_settings(t: _Table) -> bool:
+    return any(row.result.settings for row in t.rows)
+
+
 def _md(text: str) -> str:
     """Inline text that cannot break a Markdown table or turn into emphasis or HTML."""
     text = " ".join(str(text).split())
@@ -372,6 +382,14 @@ def render_markdown(model: list[_Table], results: Sequence[CellResult], title: s
             cells.append(f"`{r.run_id.replace('`', '')}`" if r.run_id else DASH)
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        if _has_settings(t):
+            lines += ["How each cell was trained:", "",
+                      "| cell | " + " | ".join(SETTINGS.values()) + " |", "|" + "---|" * (len(SETTINGS) + 1)]
+            for row in t.rows:
+                r = row.result
+                lines.append(f"| {_md(r.label or r.cell)} | "
+                             + " | ".join(_md(r.settings.get(k) or DASH) for k in SETTINGS) + " |")
+            lines.append("")
         errors = [row.result for row in t.rows if row.result.error]
         if errors:
             lines += ["Errors:", ""] + [f"- {_md(r.cell)}: {_md(_short(r.error or '', 400))}" for r in errors] + [""]
@@ -458,6 +476,16 @@ def _html_table(t: _Table) -> list[str]:
                      else f"<td>{DASH}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</tbody></table></div>")
+    if _has_settings(t):
+        out += ['<p class="meta">How each cell was trained:</p><div class="scroll"><table class="settings">',
+                '<thead><tr><th class="label">cell</th>'
+                + "".join(f'<th class="label">{_h(h)}</th>' for h in SETTINGS.values()) + "</tr></thead><tbody>"]
+        for row in t.rows:
+            r = row.result
+            out.append(f'<tr><td class="label">{_h(r.label or r.cell)}</td>'
+                       + "".join(f'<td class="label">{_h(r.settings.get(k) or DASH)}</td>' for k in SETTINGS)
+                       + "</tr>")
+        out.append("</tbody></table></div>")
     return out
 
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from dckd.config import ExperimentConfig
+from dckd.describe import batch_note, batch_summary, method_label, schedule_summary, terms_summary
 from dckd.errors import ConfigError
 from dckd.tables import Cell, LoadedTable, find_tables
 
@@ -85,21 +86,51 @@ class PlannedCell:
     def key(self) -> str:
         return f"{self.table.spec.table}:{self.cell.id}"
 
+    @property
+    def world_size(self) -> int:
+        """Workers of the cell's Train run (``dckd reproduce`` runs every cell on Ray Train)."""
+        return self.cfg.ray.num_workers
+
+    @property
+    def settings(self) -> dict[str, str]:
+        """How the cell trains, in words: the report's settings table (``dckd.describe``)."""
+        c = self.cfg
+        if self.cell.kind == "teacher":
+            return {"method": "teacher evaluation (no training)", "terms": "", "schedule": "", "batch": ""}
+        return {"method": method_label(c.method), "terms": terms_summary(c.method),
+                "schedule": schedule_summary(c.schedule, c.optim.lr, c.train.iterations),
+                "batch": batch_summary(c, self.world_size)}
+
+    @property
+    def batch_note(self) -> str | None:
+        return None if self.cell.kind == "teacher" else batch_note(self.cfg, self.world_size)
+
+
+def selected(cell: Cell, cells: list[str] | None) -> bool:
+    """Whether ``--cells`` picks this cell.
+
+    Without ``--cells`` every cell runs except the optional ones. Plain ids pick only those
+    cells; ``+id`` adds a cell to the default selection (``--cells +dckd_paper``: every default
+    cell and the paper-as-written DCKD).
+    """
+    only = {c for c in cells or [] if not c.startswith("+")}
+    added = {c[1:] for c in cells or [] if c.startswith("+")}
+    return cell.id in only or cell.id in added or (not only and not cell.optional)
+
 
 def plan(name: str, cells: list[str] | None = None, scale_down: float | None = None,
          overrides: list[str] | None = None, out: Path | None = None,
          tables_dir: str | Path | None = None) -> list[PlannedCell]:
     """Every selected cell's full config: a bad table, cell or override fails here, before any trial."""
     tables = find_tables(name, *([tables_dir] if tables_dir else []))
-    wanted = set(cells or [])
     known = {c.id for t in tables for c in t.spec.cells}
-    unknown = sorted(wanted - known)
+    unknown = sorted({c.removeprefix("+") for c in cells or []} - known)
     if unknown:
         raise ConfigError(f"{name}: --cells {unknown} not in the table (cells: {', '.join(sorted(known))})")
     planned = []
     for table in tables:
         for cell in table.spec.cells:
-            if wanted and cell.id not in wanted:
+            if not selected(cell, cells):
                 continue
             extra = list(overrides or [])
             if out is not None:
@@ -120,9 +151,12 @@ def describe_plan(name: str, cells: list[str] | None, scale_down: float | None, 
     lines = [f"{len(planned)} cells" + (f", scaled down x{scale_down:g}" if scale_down else "")]
     for p in planned:
         c = p.cfg
-        what = "teacher evaluation" if p.cell.kind == "teacher" else (
-            f"{c.method.preset} ({', '.join(c.method.enabled_terms)}), {c.train.iterations} its, "
-            f"batch {c.train.batch_size}, patch {c.data.train.lq_patch}")
-        lines.append(f"  {p.key:32s} {c.student.preset or c.student.resolved_backbone} x{c.scale}: {what}; "
-                     f"test {[b.name for b in c.data.test]}")
+        role = c.teacher if p.cell.kind == "teacher" and c.teacher is not None else c.student
+        net = f"{role.preset or role.resolved_backbone} x{c.scale}"
+        if p.cell.kind == "teacher":
+            lines.append(f"  {p.key:32s} {net}: teacher evaluation; test {[b.name for b in c.data.test]}")
+            continue
+        s = p.settings
+        lines += [f"  {p.key:32s} {net}: {s['method']} = {s['terms']}; test {[b.name for b in c.data.test]}",
+                  f"  {'':32s} schedule {s['schedule']}; batch {s['batch']}, patch {c.data.train.lq_patch}"]
     return "\n".join(lines)

@@ -17,6 +17,9 @@ one entry per cell with its overrides and the published PSNR/SSIM:
       - id: teacher
         kind: teacher                       # evaluate the teacher's checkpoint, no training
         published: {...}
+      - id: dckd_paper
+        optional: true                      # runs only when --cells names it (or +dckd_paper)
+        set: [method.preset=dckd]
 
 A group of files (``table2_swinir_x2.yaml``, ``table2_rcan_x4.yaml``, ...) is addressed by its
 common prefix (``table2``). Every cell resolves to a full, validated ``ExperimentConfig``.
@@ -46,6 +49,7 @@ class Cell(BaseModel):
     kind: Literal["train", "teacher"] = "train"
     set: list[str] = Field(default_factory=list, description="overrides of the table's base for this cell")
     published: dict[str, tuple[float, float]] = Field(default_factory=dict, description="benchmark: [PSNR, SSIM]")
+    optional: bool = Field(default=False, description="not run by default: only when --cells names it")
 
     @property
     def title(self) -> str:

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dckd.config import ExperimentConfig
+from dckd.describe import method_label, schedule_summary
 from dckd.errors import CheckpointError, ConfigError
 from dckd.imageio import to_uint8, write_image
 
@@ -376,6 +377,8 @@ class RunTracker:
             return "none" if spec is None else (spec.preset or spec.resolved_backbone)
 
         return {"dckd.task": c.task, "dckd.scale": str(c.scale), "dckd.method": c.method.preset,
+                "dckd.method_label": method_label(c.method),
+                "dckd.schedule": schedule_summary(c.schedule, c.optim.lr, c.train.iterations),
                 "dckd.student": role(c.student), "dckd.teacher": role(c.teacher)}
 
     # ------------------------------------------------------------------ params, metrics, files

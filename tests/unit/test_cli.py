@@ -58,6 +58,29 @@ def test_check_prints_the_validated_config(tmp_path: Path, hr_folder: Path, caps
     assert yaml.safe_load(capsys.readouterr().out)["train"]["iterations"] == 77
 
 
+def test_check_prints_the_resolved_release_method(tmp_path: Path, hr_folder: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """``--check --set method.preset=dckd_release``: LCR on, the release's DMM and degradation switches on."""
+    cfg = write_config(tmp_path, hr_folder, total_batch=8)
+    assert main(["train", str(cfg), "--check", "--set", "method.preset=dckd_release"]) == 0
+    out = capsys.readouterr().out
+    head = [line for line in out.splitlines() if line.startswith("# ")]
+    assert head == [
+        "# method: dckd_release = rec 1 + kd 1 + dcr 0.1 (N 3, noise) + dmm 0.001 + lcr 1 (p 0.5)",
+        "# release switches: dmm.released_double_softmax on, dcr.degradation.released_shared_gray_noise on, "
+        "dcr.degradation.released_unclamped_resize on",
+        "# schedule: lr 0.001, no decay within 10 its (milestones [100000, 200000])",
+        "# batch: 2 per worker x 1 worker = 2; paper 8",
+        "# note: effective batch 2 (2 per worker x 1 worker) differs from the paper's 8 (train.total_batch): "
+        "-6 images per step, x0.25",
+    ]
+    method = yaml.safe_load(out)["method"]  # the comments keep the output valid YAML
+    assert method["preset"] == "dckd_release" and method["lcr"]["enabled"] is True
+    assert method["dmm"]["released_double_softmax"] is True
+    assert method["dcr"]["degradation"]["released_shared_gray_noise"] is True
+    assert method["dcr"]["degradation"]["released_unclamped_resize"] is True
+
+
 def test_without_local_train_goes_to_the_ray_runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                     hr_folder: Path, capsys: pytest.CaptureFixture) -> None:
     """``dckd train`` (no --local) hands the config to the runner the Ray layer registers."""

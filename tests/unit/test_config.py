@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dckd.config import load_config
+from dckd.config import MethodConfig, load_config
 from dckd.errors import ConfigError
 from tests.conftest import tiny_config_dict
 
@@ -58,6 +58,35 @@ def test_presets_switch_terms_and_each_term_is_switchable(tmp_path: Path, good: 
     assert table5.enabled_terms == ["rec", "kd", "dcr"]
     blur = load_config(path, ["method.dcr.degradation.type=blur"]).method.dcr.degradation
     assert (blur.blur_prob, blur.resize_prob, blur.noise_prob) == (1.0, 0.0, 0.0)
+
+
+RELEASE_SWITCHES = ("dmm.released_double_softmax", "dcr.degradation.released_shared_gray_noise",
+                    "dcr.degradation.released_unclamped_resize")
+
+
+def test_dckd_release_turns_on_lcr_and_every_release_switch(tmp_path: Path, good: dict) -> None:
+    path = write(tmp_path, good)
+    release = load_config(path, ["method.preset=dckd_release"]).method
+    assert release.enabled_terms == ["rec", "kd", "dcr", "dmm", "lcr"]
+    assert (release.lcr.weight, release.lcr.prob) == (1.0, 0.5)  # release: lcr_opt 1.0, noisy.prob 0.5
+    assert release.release_switches == dict.fromkeys(RELEASE_SWITCHES, True)
+    paper = load_config(path, ["method.preset=dckd"]).method
+    assert paper.release_switches == dict.fromkeys(RELEASE_SWITCHES, False)
+    assert load_config(path, ["method.preset=dckd_star"]).method.release_switches == paper.release_switches
+
+
+def test_a_release_switch_the_config_sets_wins_over_the_preset(tmp_path: Path, good: dict) -> None:
+    path = write(tmp_path, good)
+    m = load_config(path, ["method.preset=dckd_release", "method.dmm.released_double_softmax=false",
+                           "method.dcr.degradation.type=resize"]).method
+    assert m.release_switches == {RELEASE_SWITCHES[0]: False, RELEASE_SWITCHES[1]: True, RELEASE_SWITCHES[2]: True}
+    assert m.dcr.degradation.resize_prob == 1.0 and m.dcr.num_negatives == good["method"]["dcr"]["num_negatives"]
+    on = load_config(path, ["method.preset=dckd", "method.dcr.degradation.released_unclamped_resize=true"]).method
+    assert on.release_switches[RELEASE_SWITCHES[2]] and not on.release_switches[RELEASE_SWITCHES[1]]
+    # the caller's data is not changed by the preset's defaults
+    data = {"preset": "dckd_release", "dmm": {"weight": 0.01}}
+    assert MethodConfig.model_validate(data).dmm.released_double_softmax and data == {
+        "preset": "dckd_release", "dmm": {"weight": 0.01}}
 
 
 def test_unknown_key(tmp_path: Path, good: dict) -> None:

@@ -65,3 +65,49 @@ def test_negative_batch_is_clean_first_then_degraded_copies() -> None:
     assert torch.equal(negs[:3], x)
     assert all(not torch.equal(negs[3 * k:3 * k + 3], x) for k in range(1, 5))
     assert negative_inputs(x, 1, DegradationConfig(), rng(0)).shape == (3, 3, 8, 8)
+
+
+def _correlations(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation between the noise fields (channel 0) of every pair of images."""
+    n = (y - x)[:, 0].flatten(1)
+    n = (n - n.mean(1, keepdim=True)) / n.std(1, keepdim=True)
+    return (n @ n.t()) / (n.shape[1] - 1)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_grey_noise_is_one_field_for_the_batch_only_with_the_release_switch(shared: bool) -> None:
+    # BasicSR's generate_gaussian_noise_pt draws torch.randn(H, W) once and scales it by each
+    # image's sigma: every grey image of the batch carries the same pattern.
+    cfg = DegradationConfig(noise_prob=1.0, gray_noise_prob=1.0, released_shared_gray_noise=shared)
+    x = torch.full((6, 3, 24, 24), 0.5)  # mid-grey: the clip to [0, 1] never bites at sigma <= 30/255
+    y = degrade(x, cfg, rng(4))
+    assert torch.equal(y[:, 0], y[:, 1]) and torch.equal(y[:, 1], y[:, 2])  # grey noise: channels equal
+    corr = _correlations(y, x)
+    off_diagonal = corr[~torch.eye(6, dtype=torch.bool)]
+    if shared:
+        assert off_diagonal.min() > 0.9999
+        # the pattern is shared, the strength is each image's own sigma
+        spread = (y - x)[:, 0].flatten(1).std(1)
+        assert spread.max() / spread.min() > 1.05
+    else:
+        assert off_diagonal.abs().max() < 0.25
+
+
+def test_colour_noise_stays_independent_under_the_release_switch() -> None:
+    cfg = DegradationConfig(noise_prob=1.0, gray_noise_prob=0.0, released_shared_gray_noise=True)
+    x = torch.full((4, 3, 24, 24), 0.5)
+    y = degrade(x, cfg, rng(4))
+    assert _correlations(y, x)[~torch.eye(4, dtype=torch.bool)].abs().max() < 0.25
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_resize_negatives_keep_bicubic_overshoot_only_with_the_release_switch(seed: int) -> None:
+    # A hard edge: bicubic's negative lobes overshoot on both sides, down and back up.
+    x = torch.zeros(2, 3, 24, 24)
+    x[..., 12:] = 1.0
+    kw = {"type": "resize", "resize_modes": ["bicubic"]}
+    released = degrade(x, DegradationConfig(**kw, released_unclamped_resize=True), rng(seed))
+    clamped = degrade(x, DegradationConfig(**kw), rng(seed))
+    assert released.min() < -0.01 and released.max() > 1.01
+    assert clamped.min() >= 0.0 and clamped.max() <= 1.0
+    torch.testing.assert_close(clamped, released.clamp(0, 1), rtol=0, atol=0)  # the same draw, clamped

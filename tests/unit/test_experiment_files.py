@@ -29,6 +29,7 @@ from dckd.data.matlab_resize import bicubic_lr, modcrop
 from dckd.data.pairs import load_pair
 from dckd.data.specs import benchmark_sets, train_pairs
 from dckd.engine import build_network
+from dckd.errors import ConfigError
 from dckd.imageio import write_image
 from dckd.losses.fakd import fakd_layers
 from dckd.losses.mipkd import build_mixer
@@ -320,6 +321,8 @@ def test_paper_settings(in_workdir: Path) -> None:
             assert (cfg.optim.name, cfg.optim.lr, cfg.optim.betas, cfg.optim.eps) == ("adam", 1e-4, (0.9, 0.99), 1e-8)
             assert (cfg.schedule.name, cfg.schedule.milestones, cfg.schedule.gamma) == ("multistep", [100_000, 200_000], 0.1)
             assert (cfg.train.iterations, cfg.train.batch_size, cfg.train.val_every) == (250_000, 16, 5000)
+            # release: batch_size_per_gpu 16 on num_gpu 4
+            assert cfg.train.total_batch == cfg.train.batch_size * cfg.ray.num_workers == 64
             assert (cfg.data.train.lq_patch, cfg.data.train.hflip, cfg.data.train.rot) == (48, True, True)
             assert cfg.data.train.lr_dir is not None and cfg.data.train.lr_dir.endswith(f"X{cfg.scale}_sub")
             assert [b.name for b in cfg.data.val] == ["Set5", "Set14", "Urban100"]
@@ -337,7 +340,7 @@ def test_paper_settings(in_workdir: Path) -> None:
     assert naf.task == "deblur" and naf.eval.y_channel is False
     assert (naf.optim.name, naf.optim.lr, naf.optim.betas, naf.optim.weight_decay) == ("adamw", 1e-3, (0.9, 0.9), 1e-3)
     assert (naf.schedule.name, naf.schedule.eta_min, naf.train.iterations) == ("cosine", 1e-7, 200_000)
-    assert naf.data.train.lq_patch == 256 and naf.train.batch_size * naf.ray.num_workers == 32
+    assert naf.data.train.lq_patch == 256 and naf.train.batch_size * naf.ray.num_workers == naf.train.total_batch == 32
 
     for name in ("restormer_gopro", "restormer_derain"):  # paper Appendix
         r = cfgs[name]
@@ -349,6 +352,7 @@ def test_paper_settings(in_workdir: Path) -> None:
         assert prog.milestones == [92_000, 156_000, 204_000, 240_000, 276_000, 300_000]
         assert prog.lq_patches == [128, 160, 192, 256, 320, 384]
         assert [b * r.ray.num_workers for b in prog.batch_sizes] == [64, 40, 32, 16, 8, 8]
+        assert r.train.total_batch == 64  # the first stage's
     assert cfgs["restormer_gopro"].task == "deblur" and cfgs["restormer_gopro"].eval.y_channel is False
     derain = cfgs["restormer_derain"]
     assert derain.task == "derain" and derain.eval.y_channel is True
@@ -381,7 +385,7 @@ def test_table_groups_and_published_json() -> None:
     for t in group:
         ids = [c.id for c in t.spec.cells]
         assert ids == ["teacher", "scratch", "logits", "fakd", "mipkd", "dckd"] + (
-            ["dckd_star"] if t.spec.table.endswith("x4") else [])
+            ["dckd_star"] if t.spec.table.endswith("x4") else []) + ["dckd_paper"]
         assert t.spec.cells[0].kind == "teacher"
         assert all(len(c.published) == 4 for c in t.spec.cells)
     assert [t.spec.table for t in find_tables("table3", TABLES)] == ["table3_nafnet", "table3_restormer"]
@@ -443,6 +447,65 @@ def test_ablation_tables_share_their_default_cell() -> None:
     assert _published("table7", "dcl-0.1") == _published("table7", "ce-0.001") == {"Urban100": dckd["Urban100"]}
     logits = _published("table2_rcan_x2", "logits")
     assert _published("table5", "baseline") == {"Set14": logits["Set14"], "Urban100": logits["Urban100"]}
+
+
+# Which cell of each paper table is its DCKD (the default point of an ablation).
+DCKD_CELLS = {**{f"table2_{m}_x{s}": "dckd" for m in ("rcan", "swinir") for s in (2, 3, 4)},
+              "table3_nafnet": "dckd", "table3_restormer": "dckd", "table4": "dckd", "table8": "dckd",
+              "table5": "dcr_dmm", "table6": "noise", "table7": "dcl-0.1", "fig8": "negatives-5"}
+RELEASED_SWITCHES = {"dmm.released_double_softmax": True, "dcr.degradation.released_shared_gray_noise": True,
+                     "dcr.degradation.released_unclamped_resize": True}
+
+
+@pytest.mark.parametrize("table_id", sorted(DCKD_CELLS))
+def test_dckd_cells_train_the_release_and_dckd_paper_the_paper(table_id: str, in_workdir: Path) -> None:
+    """The DCKD cells train dckd_release (on the release's milestones for SR, which has released
+    configs); the optional dckd_paper cell trains the paper's dckd against the same published row."""
+    (table,) = find_tables(table_id, TABLES)
+    overrides = _no_weights(read_config_tree(table.base_path))
+    dckd = table.cell_config(table.spec.cell(DCKD_CELLS[table_id]), overrides)
+    paper_cell = table.spec.cell("dckd_paper")
+    paper = table.cell_config(paper_cell, overrides)
+    assert dckd.method.preset == "dckd_release" and dckd.method.release_switches == RELEASED_SWITCHES
+    assert dckd.method.enabled_terms == ["rec", "kd", "dcr", "dmm", "lcr"]
+    assert paper.method.preset == "dckd" and not any(paper.method.release_switches.values())
+    assert paper.method.enabled_terms == ["rec", "kd", "dcr", "dmm"]
+    assert paper_cell.optional and not table.spec.cell(DCKD_CELLS[table_id]).optional
+    assert paper_cell.published == table.spec.cell(DCKD_CELLS[table_id]).published
+    if dckd.task == "sr":
+        assert dckd.schedule.milestones == [250_000]  # released yml: MultiStepLR milestones [250000]
+        assert paper.schedule.milestones == [100_000, 200_000]  # paper: x0.1 every 1e5 updates
+    else:  # no released config: the backbone's own schedule for both
+        assert dckd.schedule == paper.schedule and dckd.schedule.name != "multistep"
+    for cell in table.spec.cells:  # the other trained cells keep the paper's schedule
+        if cell.kind == "train" and cell.id != "dckd_paper" and dckd.task == "sr":
+            cfg = table.cell_config(cell, overrides)
+            expected = [250_000] if cfg.method.preset == "dckd_release" else [100_000, 200_000]
+            assert cfg.schedule.milestones == expected, cell.id
+    assert "the released configs' label-consistency term" not in table.spec.notes
+
+
+def test_dckd_star_cells_are_the_release_plus_dukd_upcycling(in_workdir: Path) -> None:
+    for table_id in ("table2_rcan_x4", "table2_swinir_x4"):
+        (table,) = find_tables(table_id, TABLES)
+        cfg = table.cell_config(table.spec.cell("dckd_star"), _no_weights(read_config_tree(table.base_path)))
+        assert cfg.method.enabled_terms == ["rec", "kd", "dcr", "dmm", "lcr", "dukd"]  # = preset dckd_star's
+        assert cfg.method.release_switches == RELEASED_SWITCHES and cfg.schedule.milestones == [250_000]
+
+
+def test_optional_cells_run_only_when_asked(photos_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reproduction = pytest.importorskip("dckd.reproduction")
+    monkeypatch.setenv("DCKD_DATA_ROOT", str(photos_root))
+
+    def cells(selection: list[str] | None) -> list[str]:
+        return [p.cell.id for p in reproduction.plan("table5", selection, overrides=NO_WEIGHTS, tables_dir=TABLES)]
+
+    assert cells(None) == ["baseline", "dcr", "dmm", "dcr_dmm"]
+    assert cells(["+dckd_paper"]) == ["baseline", "dcr", "dmm", "dcr_dmm", "dckd_paper"]
+    assert cells(["dckd_paper"]) == ["dckd_paper"]
+    assert cells(["dcr_dmm", "+dckd_paper"]) == ["dcr_dmm", "dckd_paper"]
+    with pytest.raises(ConfigError, match="not in the table"):
+        cells(["+nope"])
 
 
 # --------------------------------------------------------------------------- sweeps

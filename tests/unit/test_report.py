@@ -244,3 +244,29 @@ def test_table_info_from_spec() -> None:
     info = TableInfo.from_spec(spec)
     assert info == TableInfo("table5", "Ablation", "Table 5", ["Set14", "Urban100"], "n")
     assert info.heading == "table5: Table 5 — Ablation"
+
+
+def test_every_cell_names_its_preset_schedule_and_batch(tmp_path: Path) -> None:
+    settings = {
+        "release": {"method": "dckd_release", "terms": "rec 1 + kd 1 + dcr 0.1 (N 5, noise) + dmm 0.001 + lcr 1 (p 0.5)",
+                    "schedule": "lr 0.0001, no decay within 250000 its (milestones [250000])",
+                    "batch": "16 per worker x 1 worker = 16; paper 64"},
+        "paper": {"method": "dckd", "terms": "rec 1 + kd 1 + dcr 0.1 (N 5, noise) + dmm 0.001",
+                  "schedule": "lr 0.0001, x0.1 at 100000, 200000 (of 250000 its)",
+                  "batch": "16 per worker x 4 workers = 64"},
+    }
+    cells = [CellResult("table5", "dcr_dmm", "DCKD (released code)", "ok", {"Set14": (34.0, 0.92)},
+                        {"Set14": (34.01, 0.9213)}, settings=settings["release"]),
+             CellResult("table5", "dckd_paper", "DCKD as the paper writes it", "ok", {"Set14": (33.9, 0.92)},
+                        {"Set14": (34.01, 0.9213)}, settings=settings["paper"])]
+    files = write_report([TABLE5], cells, tmp_path, extra_notes=["dcr_dmm: effective batch 16 differs"])
+    md, page = files["md"].read_text(), files["html"].read_text()
+    for s in settings.values():
+        for value in s.values():
+            assert re.sub(r"\\(.)", r"\1", md).count(value) >= 1, value  # markdown escapes _ and *
+            assert value in "".join(check_html(page).text), value
+    assert "How each cell was trained" in md and "effective batch 16 differs" in md
+    rows = list(csv.DictReader(files["csv"].open()))
+    assert {(r["cell"], r["method"], r["schedule"], r["batch"]) for r in rows} == {
+        ("dcr_dmm", "dckd_release", settings["release"]["schedule"], settings["release"]["batch"]),
+        ("dckd_paper", "dckd", settings["paper"]["schedule"], settings["paper"]["batch"])}

@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reproduce", help="run a paper table's cells on Ray and report against the paper",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("table", nargs="?", help="table id (table5), id prefix (table2) or table file")
-    p.add_argument("--cells", action="append", default=[], metavar="ID[,ID...]", help="only these cells")
+    p.add_argument("--cells", action="append", default=[], metavar="ID[,ID...]",
+                   help="only these cells; +ID adds a cell to the default ones (--cells +dckd_paper runs the "
+                        "table and the paper-as-written DCKD beside it)")
     p.add_argument("--scale-down", type=float, default=None, metavar="F",
                    help="shrink iterations, patches, batches and data by F (0 < F < 1) for a smoke run")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -40,7 +42,10 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         for path in sorted(folder.glob("*.yaml")):
             t = read_table(path).spec
-            print(f"{t.table:24s} {t.paper_ref:10s} {t.title}\n{'':35s} cells: {', '.join(c.id for c in t.cells)}")
+            extra = [c.id for c in t.cells if c.optional]
+            print(f"{t.table:24s} {t.paper_ref:10s} {t.title}\n{'':35s} cells: "
+                  + ", ".join(c.id for c in t.cells if not c.optional)
+                  + (f"; optional (--cells +ID): {', '.join(extra)}" if extra else ""))
         return 0
     if not args.table:
         raise ConfigError("name a table (see dckd reproduce --list)")

@@ -9,6 +9,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from dckd.config import load_config
+from dckd.describe import run_summary
 from dckd.errors import ConfigError
 
 
@@ -40,6 +41,9 @@ def load_runner(name: str) -> Callable[..., Any]:
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.check:
+        # The resolved method, schedule and batch in words, as YAML comments above the config.
+        world = 1 if args.local else cfg.ray.num_workers
+        print("\n".join(f"# {line}" for line in run_summary(cfg, world)))
         print(cfg.to_yaml())
         return 0
     if not args.local:
