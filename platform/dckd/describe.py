@@ -24,6 +24,12 @@ SWITCH_LABELS: dict[str, str] = {
 }
 
 
+#: What the DCKD presets mean, for readers of a report.
+PRESET_LEGEND = ("dckd is DCKD as the paper writes it; dckd_release is the authors' released computation "
+                 "(dckd + LCR, with double-softmax DMM, shared grey noise and unclamped resize); dckd_star is "
+                 "dckd + LCR + DUKD's zoom-in upcycling. Changes a cell makes to its preset are in brackets.")
+
+
 def _num(value: float) -> str:
     return f"{value:g}"
 

@@ -31,6 +31,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dckd.describe import PRESET_LEGEND
+
 if TYPE_CHECKING:
     from dckd.tables import TableSpec
 
@@ -389,7 +391,7 @@ def render_markdown(model: list[_Table], results: Sequence[CellResult], title: s
                 r = row.result
                 lines.append(f"| {_md(r.label or r.cell)} | "
                              + " | ".join(_md(r.settings.get(k) or DASH) for k in SETTINGS) + " |")
-            lines.append("")
+            lines += ["", _md(PRESET_LEGEND), ""]
         errors = [row.result for row in t.rows if row.result.error]
         if errors:
             lines += ["Errors:", ""] + [f"- {_md(r.cell)}: {_md(_short(r.error or '', 400))}" for r in errors] + [""]
@@ -485,7 +487,7 @@ def _html_table(t: _Table) -> list[str]:
             out.append(f'<tr><td class="label">{_h(r.label or r.cell)}</td>'
                        + "".join(f'<td class="label">{_h(r.settings.get(k) or DASH)}</td>' for k in SETTINGS)
                        + "</tr>")
-        out.append("</tbody></table></div>")
+        out.append(f'</tbody></table></div><p class="muted">{_h(PRESET_LEGEND)}</p>')
     return out
 
 

@@ -36,10 +36,10 @@ def photos_data(photos_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_table5_scaled_down_fills_every_cell_of_the_report(ray_local, photos_data: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    summary = run_reproduce("table5", scale_down=SCALE_DOWN, overrides=CPU_RUN, out=tmp_path / "report",
-                            tracking_uri=uri, max_concurrent=2)
+    summary = run_reproduce("table5", cells=["+dckd_paper"], scale_down=SCALE_DOWN, overrides=CPU_RUN,
+                            out=tmp_path / "report", tracking_uri=uri, max_concurrent=2)
     assert not summary["errors"]
-    assert [r["cell"] for r in summary["results"]] == ["baseline", "dcr", "dmm", "dcr_dmm"]
+    assert [r["cell"] for r in summary["results"]] == ["baseline", "dcr", "dmm", "dcr_dmm", "dckd_paper"]
     for r in summary["results"]:
         assert r["status"] == "ok", r
         assert set(r["metrics"]) == {"Set14", "Urban100"}
@@ -49,9 +49,21 @@ def test_table5_scaled_down_fills_every_cell_of_the_report(ray_local, photos_dat
     html = Path(summary["report"]["html"]).read_text()
     assert "SCALED-DOWN SMOKE RUN" in md and "SCALED-DOWN SMOKE RUN" in html
     rows = list(csv.DictReader(Path(summary["report"]["csv"]).open()))
-    assert len(rows) == 8  # 4 cells x 2 benchmarks, every one reproduced and published
+    assert len(rows) == 10  # 5 cells x 2 benchmarks, every one reproduced and published
     assert all(row["reproduced_psnr"] and row["published_psnr"] and row["delta_psnr"] for row in rows), rows
-    assert {row["published_psnr"] for row in rows if row["cell"] == "dcr_dmm"} == {"34.01", "32.92"}
+    assert {row["published_psnr"] for row in rows if row["cell"] in ("dcr_dmm", "dckd_paper")} == {"34.01", "32.92"}
+
+    # Every cell names its preset, schedule and batch: 250k x 1.2e-5 = 3 iterations, the release's
+    # milestone [250000] -> [3] (never applies), the paper's [100k, 200k] -> [1, 2]; batch 2 on 1 worker.
+    release = "lr 0.0001, no decay within 3 its (milestones [3])"
+    expected = {"baseline": ("dckd_release (dcr off, dmm off)", release),
+                "dcr": ("dckd_release (dmm off)", release), "dmm": ("dckd_release (dcr off)", release),
+                "dcr_dmm": ("dckd_release", release), "dckd_paper": ("dckd", "lr 0.0001, x0.1 at 1, 2 (of 3 its)")}
+    assert {row["cell"]: (row["method"], row["schedule"]) for row in rows} == expected
+    assert {row["batch"] for row in rows} == {"2 per worker x 1 worker = 2; paper 64"}
+    plain_md = md.replace("\\", "")  # Markdown escapes _ and [ ]
+    assert all(method in plain_md and schedule in plain_md for method, schedule in expected.values())
+    assert "every trained cell: effective batch 2 (2 per worker x 1 worker) differs from the paper's 64" in plain_md
 
     # Each cell is a child run of the reproduction's run; the ablation switches reached the runs.
     client = mlflow.MlflowClient(uri)
@@ -61,6 +73,9 @@ def test_table5_scaled_down_fills_every_cell_of_the_report(ray_local, photos_dat
     assert params["table5-baseline"]["method.dcr.enabled"] == "false"
     assert params["table5-dmm"]["method.dmm.enabled"] == "true"
     assert params["table5-dcr_dmm"]["train.iterations"] == "3"
+    assert params["table5-dcr_dmm"]["method.dmm.released_double_softmax"] == "true"
+    assert params["table5-dckd_paper"]["method.dmm.released_double_softmax"] == "false"
+    assert params["table5-dckd_paper"]["method.lcr.enabled"] == "false"
 
 
 def test_a_teacher_cell_scores_the_teacher_without_training(ray_local, photos_data: Path, tmp_path: Path) -> None:
