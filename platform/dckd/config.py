@@ -383,12 +383,13 @@ METHOD_TERMS: dict[str, tuple[str, ...]] = {
 MethodPreset = Literal["scratch", "logits", "dckd", "dckd_release", "dckd_star", "fakd", "mipkd", "dukd", "mclir"]
 
 #: The switches (paths inside ``method``) that make a step compute what the authors' release
-#: computes. Each defaults to the paper as written; ``dckd_release`` turns all of them on.
-RELEASE_SWITCHES: tuple[str, ...] = (
-    "dmm.released_double_softmax",
-    "dcr.degradation.released_shared_gray_noise",
-    "dcr.degradation.released_unclamped_resize",
-)
+#: computes, with their short names. Each defaults to the paper as written; ``dckd_release``
+#: turns all of them on.
+RELEASE_SWITCHES: dict[str, str] = {
+    "dmm.released_double_softmax": "double-softmax DMM",
+    "dcr.degradation.released_shared_gray_noise": "shared grey noise",
+    "dcr.degradation.released_unclamped_resize": "unclamped resize",
+}
 #: Switch values a preset sets unless the config gives them itself.
 PRESET_SWITCHES: dict[str, dict[str, bool]] = {"dckd_release": dict.fromkeys(RELEASE_SWITCHES, True)}
 
@@ -411,10 +412,11 @@ class MethodConfig(Strict):
     @classmethod
     def _preset_switches(cls, data: Any) -> Any:
         """A preset's switch values (``PRESET_SWITCHES``) fill what the config leaves unset."""
-        if not isinstance(data, dict) or not PRESET_SWITCHES.get(data.get("preset", "dckd")):
+        switches = PRESET_SWITCHES.get(data.get("preset", "dckd"), {}) if isinstance(data, dict) else {}
+        if not switches:
             return data
         data = dict(data)
-        for dotted, value in PRESET_SWITCHES[data.get("preset", "dckd")].items():
+        for dotted, value in switches.items():
             *path, leaf = dotted.split(".")
             node = data
             for part in path:

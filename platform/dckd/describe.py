@@ -16,14 +16,6 @@ from dckd.config import (
     ScheduleConfig,
 )
 
-#: Short names of the release switches (``dckd.config.RELEASE_SWITCHES``).
-SWITCH_LABELS: dict[str, str] = {
-    "dmm.released_double_softmax": "double-softmax DMM",
-    "dcr.degradation.released_shared_gray_noise": "shared grey noise",
-    "dcr.degradation.released_unclamped_resize": "unclamped resize",
-}
-
-
 #: What the DCKD presets mean, for readers of a report.
 PRESET_LEGEND = ("dckd is DCKD as the paper writes it; dckd_release is the authors' released computation "
                  "(dckd + LCR, with double-softmax DMM, shared grey noise and unclamped resize); dckd_star is "
@@ -58,8 +50,8 @@ def method_label(m: MethodConfig) -> str:
     terms = [f"{n} {'on' if m.term(n).enabled else 'off'}" for n in TERM_NAMES
              if m.term(n).enabled != (n in preset_terms)]
     preset_switches = PRESET_SWITCHES.get(m.preset, {})
-    on = [SWITCH_LABELS[s] for s in RELEASE_SWITCHES if m.switch(s) and not preset_switches.get(s, False)]
-    off = [SWITCH_LABELS[s] for s in RELEASE_SWITCHES if not m.switch(s) and preset_switches.get(s, False)]
+    on = [label for s, label in RELEASE_SWITCHES.items() if m.switch(s) and not preset_switches.get(s, False)]
+    off = [label for s, label in RELEASE_SWITCHES.items() if not m.switch(s) and preset_switches.get(s, False)]
     changes = [", ".join(terms)] if terms else []
     if on:
         changes.append("+ " + ", ".join(on))
@@ -74,7 +66,7 @@ def switches_summary(m: MethodConfig) -> str:
 
 
 def schedule_summary(s: ScheduleConfig, lr: float, iterations: int) -> str:
-    """The learning rate over the run, e.g. ``1e-4, x0.1 at 100000, 200000 (of 250000 its)``.
+    """The learning rate over the run, e.g. ``lr 0.0001, x0.1 at 100000, 200000 (of 250000 its)``.
 
     Milestones at or after the last iteration never apply (BasicSR's MultiStepLR decays from
     iteration m + 1): the release's ``[250000]`` in a 250k run is a constant learning rate.

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dckd.config import RELEASE_SWITCHES, MethodConfig, ScheduleConfig, load_config
+from dckd.config import MethodConfig, ScheduleConfig, load_config
 from dckd.describe import (
-    SWITCH_LABELS,
     batch_note,
     batch_summary,
     method_label,
@@ -17,10 +16,6 @@ from dckd.describe import (
 )
 from dckd.engine import Engine
 from tests.conftest import tiny_config_dict
-
-
-def test_every_release_switch_has_a_short_name() -> None:
-    assert set(SWITCH_LABELS) == set(RELEASE_SWITCHES)
 
 
 @pytest.mark.parametrize(("method", "label"), [
