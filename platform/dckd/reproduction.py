@@ -96,7 +96,7 @@ class PlannedCell:
         """How the cell trains, in words: the report's settings table (``dckd.describe``)."""
         c = self.cfg
         if self.cell.kind == "teacher":
-            return {"method": "teacher evaluation (no training)", "terms": "", "schedule": "", "batch": ""}
+            return {"method": "teacher evaluation (no training)"}
         return {"method": method_label(c.method), "terms": terms_summary(c.method),
                 "schedule": schedule_summary(c.schedule, c.optim.lr, c.train.iterations),
                 "batch": batch_summary(c, self.world_size)}

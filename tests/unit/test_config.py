@@ -83,6 +83,11 @@ def test_a_release_switch_the_config_sets_wins_over_the_preset(tmp_path: Path, g
     assert m.dcr.degradation.resize_prob == 1.0 and m.dcr.num_negatives == good["method"]["dcr"]["num_negatives"]
     on = load_config(path, ["method.preset=dckd", "method.dcr.degradation.released_unclamped_resize=true"]).method
     assert on.release_switches[RELEASE_SWITCHES[2]] and not on.release_switches[RELEASE_SWITCHES[1]]
+    # a section passed as a model keeps what it set and still gets the preset's switch
+    from dckd.config import DMMConfig
+
+    as_model = MethodConfig(preset="dckd_release", dmm=DMMConfig(weight=0.01))
+    assert as_model.dmm.weight == 0.01 and as_model.dmm.released_double_softmax
     # the caller's data is not changed by the preset's defaults
     data = {"preset": "dckd_release", "dmm": {"weight": 0.01}}
     assert MethodConfig.model_validate(data).dmm.released_double_softmax and data == {
