@@ -5,7 +5,7 @@ cell's experiment (or, for a ``teacher`` cell, the teacher's evaluation), a chil
 the reproduction's run. At the end the test-set scores are read back from MLflow and the report
 (Markdown, HTML, CSV, plots, visual comparisons) sets them against the published numbers.
 
-``--scale-down F`` shrinks the runs for smoke tests (see ``dckd.reproduction``); the report says so.
+``--scale-down F`` shrinks the runs for smoke tests (see ``dckd.reporting.reproduction``); the report says so.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 
 from dckd.config import ExperimentConfig
 from dckd.errors import ConfigError
-from dckd.reproduction import PlannedCell, plan
-from dckd.tables import published_json
+from dckd.reporting.reproduction import PlannedCell, plan
+from dckd.reporting.tables import published_json
 
 
 # --------------------------------------------------------------------------- one trial
@@ -46,9 +46,9 @@ def _evaluate_teacher(cfg: ExperimentConfig, tracking_uri: str | None, parent_ru
     import torch
     from ray import tune
 
-    from dckd.engine import build_network, resolve_device
-    from dckd.loop import test_and_log
     from dckd.tracking import RunTracker
+    from dckd.training.engine import build_network, resolve_device
+    from dckd.training.loop import test_and_log
 
     if cfg.teacher is None:
         raise ConfigError(f"{cfg.name}: a teacher cell needs a 'teacher' section")
@@ -74,7 +74,7 @@ def run_reproduce(name: str, cells: list[str] | None = None, scale_down: float |
     """Run the cells as one Tune grid, read the scores back from MLflow, write the report."""
     from ray import tune
 
-    from dckd.report import TableInfo, write_report
+    from dckd.reporting.report import TableInfo, write_report
     from dckd.tracking import RunTracker, resolve_tracking_uri
     from trainers.driver import ensure_ray
     from trainers.tune import close_stopped_runs, concurrency
@@ -162,7 +162,7 @@ def _batch_notes(planned: list[PlannedCell]) -> list[str]:
 def collect_results(parent, parent_id: str, planned: list[PlannedCell], samples_dir: Path,
                     errors: dict[str, str]) -> list:
     """Each cell's test scores and first test sample, read from its child MLflow run."""
-    from dckd.report import CellResult
+    from dckd.reporting.report import CellResult
 
     client = parent.client
     runs = client.search_runs([parent.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",

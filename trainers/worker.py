@@ -19,9 +19,9 @@ import torch
 
 from dckd.config import load_config
 from dckd.data.specs import benchmark_sets
-from dckd.engine import Engine
-from dckd.evaluation import protocol_for
-from dckd.loop import make_loader, test_and_log, validate_and_log, window_record
+from dckd.evaluation.benchmarks import protocol_for
+from dckd.training.engine import Engine
+from dckd.training.loop import make_loader, test_and_log, validate_and_log, window_record
 
 STATE_FILE = "state.pt"
 

@@ -42,7 +42,7 @@ class BenchCase:
 def bench_config(case: BenchCase, data_dir: str):
     """An experiment config for a benchmark case (random weights: speed does not depend on them)."""
     from dckd.config import load_config
-    from dckd.vqgan import VQGANSpec
+    from dckd.models.vqgan import VQGANSpec
 
     teacher, student, scale = PAIRS[case.pair]
     preset = {"released": "dckd"}.get(case.method, case.method)
@@ -78,12 +78,12 @@ def _reset_peak_rss() -> bool:
 def _engine_and_batch(case: BenchCase):
     import torch
 
-    from dckd.engine import Engine
+    from dckd.training.engine import Engine
 
     cfg = bench_config(case, tempfile.gettempdir())
     engine = Engine(cfg, notes=lambda _msg: None)
     if case.method == "released":
-        from dckd.methods import ReleasedStructureMethod
+        from dckd.training.step import ReleasedStructureMethod
 
         engine.method = ReleasedStructureMethod(cfg.method)
     g = torch.Generator().manual_seed(0)
@@ -134,8 +134,8 @@ def loss_match(case: BenchCase) -> dict[str, Any]:
     """The DCKD loss in the shared-pass structure and in the released structure, same draws."""
     import torch
 
-    from dckd.engine import seeded_rng
-    from dckd.methods import DistillationMethod, ReleasedStructureMethod
+    from dckd.training.engine import seeded_rng
+    from dckd.training.step import DistillationMethod, ReleasedStructureMethod
 
     if case.threads:
         torch.set_num_threads(case.threads)
@@ -255,7 +255,7 @@ def ray_vs_inprocess(window: int = 20, progress=print) -> dict[str, Any]:
     from dckd.cli.train import load_runner
     from dckd.config import load_config
     from dckd.demo import prepare_photos
-    from dckd.loop import train_local
+    from dckd.training.loop import train_local
 
     root = Path(tempfile.mkdtemp(prefix="dckd-bench-"))
     train_dir, _ = prepare_photos(root / "data")

@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from dckd.errors import ConfigError
-from dckd.vqgan import VQGANSpec
+from dckd.models.vqgan import VQGANSpec
 
 
 def _must_exist(value: str) -> str:

@@ -62,7 +62,7 @@ def _bicubic_scores(cfg: ExperimentConfig) -> dict[str, float]:
     import torch.nn.functional as F
 
     from dckd.data.specs import benchmark_sets
-    from dckd.evaluation import evaluate_sets, protocol_for
+    from dckd.evaluation.benchmarks import evaluate_sets, protocol_for
 
     class Bicubic(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,9 +92,9 @@ def run_demo(out: Path, config: Path | None = None, quick: bool = False, progres
     out = out.resolve()
     data = out / "data"
     prepare_photos(data)
-    from dckd.engine import build_network
-    from dckd.loop import train_local
     from dckd.models import count_params
+    from dckd.training.engine import build_network
+    from dckd.training.loop import train_local
 
     scale_iters = ["train.iterations=40", "train.val_every=40", "train.ckpt_every=40",
                    "train.log_every=10"] if quick else []

@@ -40,9 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dckd.config import ExperimentConfig
-from dckd.describe import method_label, schedule_summary
 from dckd.errors import CheckpointError, ConfigError
 from dckd.imageio import to_uint8, write_image
+from dckd.reporting.describe import method_label, schedule_summary
 
 if TYPE_CHECKING:
     from dckd.models import Restorer

@@ -27,8 +27,8 @@ from skimage import data as skdata
 from dckd.cli import main
 from dckd.config import load_config
 from dckd.imageio import read_image, write_image
-from dckd.loop import latest_checkpoint, train_local
 from dckd.tracking import load_student
+from dckd.training.loop import latest_checkpoint, train_local
 from tests.conftest import tiny_config_dict
 
 pytestmark = pytest.mark.slow

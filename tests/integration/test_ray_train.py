@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dckd.checkpoint import safe_load
 from dckd.config import load_config
+from dckd.training.checkpoint import safe_load
 from tests.conftest import tiny_config_dict
 from trainers.driver import build_trainer
 from trainers.worker import STATE_FILE

@@ -18,7 +18,7 @@ from dckd.cli import main
 from dckd.config import load_config
 from dckd.errors import StorageError
 from dckd.imageio import write_image
-from dckd.loop import train_local
+from dckd.training.loop import train_local
 from tests.conftest import photo_crops, tiny_config_dict
 
 

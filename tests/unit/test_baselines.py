@@ -11,9 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dckd.config import load_config
-from dckd.engine import Engine, seeded_rng
 from dckd.errors import CheckpointError, ConfigError
-from dckd.loop import make_loader
 from dckd.losses import fakd_loss, spatial_affinity, tap_outputs
 from dckd.losses.fakd import auto_layers
 from dckd.losses.mipkd import (
@@ -26,9 +24,11 @@ from dckd.losses.mipkd import (
     run_tail,
     stage_plan,
 )
-from dckd.methods import DistillationMethod
+from dckd.losses.upcycling import zoom_out
 from dckd.models import build_preset
-from dckd.upcycling import zoom_out
+from dckd.training.engine import Engine, seeded_rng
+from dckd.training.loop import make_loader
+from dckd.training.step import DistillationMethod
 from tests.conftest import tiny_config_dict
 
 

@@ -11,7 +11,7 @@ from dckd.config import load_config
 from dckd.data.datasets import IterationBatches, Stage, TrainPatches
 from dckd.data.specs import benchmark_sets, train_pairs
 from dckd.errors import ConfigError
-from dckd.loop import make_loader, training_stages
+from dckd.training.loop import make_loader, training_stages
 from tests.conftest import tiny_config_dict
 
 PROGRESSIVE = {"milestones": [2, 5], "lq_patches": [8, 12], "batch_sizes": [3, 2]}

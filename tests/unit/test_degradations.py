@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dckd.config import DegradationConfig
-from dckd.degradations import StepRng, degrade, gaussian_blur, gaussian_kernel1d, negative_inputs
+from dckd.losses.degradations import StepRng, degrade, gaussian_blur, gaussian_kernel1d, negative_inputs
 
 
 def rng(seed: int = 0) -> StepRng:

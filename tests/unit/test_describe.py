@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 
 from dckd.config import MethodConfig, ScheduleConfig, load_config
-from dckd.describe import (
+from dckd.reporting.describe import (
     batch_note,
     batch_summary,
     method_label,
     schedule_summary,
     terms_summary,
 )
-from dckd.engine import Engine
+from dckd.training.engine import Engine
 from tests.conftest import tiny_config_dict
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dckd.checkpoint import safe_load
 from dckd.config import load_config
-from dckd.engine import Engine
 from dckd.errors import CheckpointError
-from dckd.loop import latest_checkpoint, make_loader, train_local
+from dckd.training.checkpoint import safe_load
+from dckd.training.engine import Engine
+from dckd.training.loop import latest_checkpoint, make_loader, train_local
 from tests.conftest import tiny_config_dict
 
 

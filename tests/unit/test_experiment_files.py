@@ -28,16 +28,16 @@ from dckd.config import ExperimentConfig, load_config, read_config_tree
 from dckd.data.matlab_resize import bicubic_lr, modcrop
 from dckd.data.pairs import load_pair
 from dckd.data.specs import benchmark_sets, train_pairs
-from dckd.engine import build_network
 from dckd.errors import ConfigError
 from dckd.imageio import write_image
 from dckd.losses.fakd import fakd_layers
 from dckd.losses.mipkd import build_mixer
 from dckd.losses.perceptual import VGGFeatures
-from dckd.methods import DistillationMethod
 from dckd.models import count_params
-from dckd.tables import LoadedTable, find_tables, read_table
-from dckd.vqgan import VQGANFeatures
+from dckd.models.vqgan import VQGANFeatures
+from dckd.reporting.tables import LoadedTable, find_tables, read_table
+from dckd.training.engine import build_network
+from dckd.training.step import DistillationMethod
 from tests.conftest import PAPER_PARAMS_M, photo_crops
 from trainers.tune import load_sweep
 
@@ -197,7 +197,7 @@ def _network(spec: Any, scale: int) -> Any:
 
 
 def check_method(cfg: ExperimentConfig, student: Any, teacher: Any) -> None:
-    """The method and the networks of its own, built as the engine builds them (dckd.engine.Engine)."""
+    """The method and the networks of its own, built as the engine builds them (dckd.training.engine.Engine)."""
     m = cfg.method
     method = DistillationMethod(m, cfg.train.frozen_chunk_rows)
     assert method.terms == m.enabled_terms and method.terms
@@ -494,7 +494,7 @@ def test_dckd_star_cells_are_the_release_plus_dukd_upcycling(in_workdir: Path) -
 
 
 def test_optional_cells_run_only_when_asked(photos_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    reproduction = pytest.importorskip("dckd.reproduction")
+    reproduction = pytest.importorskip("dckd.reporting.reproduction")
     monkeypatch.setenv("DCKD_DATA_ROOT", str(photos_root))
 
     def cells(selection: list[str] | None) -> list[str]:
@@ -544,7 +544,7 @@ def test_paper_configs_read_the_prepared_layout(photos_root: Path, monkeypatch: 
 
 def test_paper_tables_plan_scaled_down(photos_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`dckd reproduce TABLE --scale-down` validates every cell of every paper table."""
-    reproduction = pytest.importorskip("dckd.reproduction")
+    reproduction = pytest.importorskip("dckd.reporting.reproduction")
     monkeypatch.setenv("DCKD_DATA_ROOT", str(photos_root))
     groups = sorted({p.stem.split("_")[0] for p in TABLE_FILES if p.parent == TABLES})
     for group in groups:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dckd.averaging import HistorySchedule, blend_into
 from dckd.config import HistoryConfig
+from dckd.training.averaging import HistorySchedule, blend_into
 
 
 def test_released_schedule_grows_1000_2000_3000() -> None:

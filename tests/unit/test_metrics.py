@@ -9,8 +9,8 @@ import pytest
 from skimage import data
 
 from dckd.errors import ConfigError, DataError
+from dckd.evaluation.metrics import DEBLUR, DERAIN, Protocol, psnr, rgb_to_y, score_folders, ssim
 from dckd.imageio import write_image
-from dckd.metrics import DEBLUR, DERAIN, Protocol, psnr, rgb_to_y, score_folders, ssim
 
 C1 = (0.01 * 255) ** 2
 C2 = (0.03 * 255) ** 2

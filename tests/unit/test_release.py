@@ -6,7 +6,7 @@ The reference below restates the release's ``DCKDModel.optimize_parameters`` and
 in plain torch on taming's own ``Encoder`` modules: one encoder call per image set, the
 negatives stacked as the release stacks them, the full ``Encoder.forward`` again for DMM, the
 codebook softmax of ``d_max - d`` fed to ``F.cross_entropy`` as probabilities. It shares no
-code with ``dckd.methods`` beyond the networks themselves.
+code with ``dckd.training.step`` beyond the networks themselves.
 
 The step is made deterministic as the release allows: degradation probabilities 0 (every
 negative input is the clean LR) and label-consistency probability 1 (all four operations on
@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from dckd.config import ModelSpec, load_config
-from dckd.degradations import StepRng
-from dckd.engine import build_network
-from dckd.methods import DistillationMethod
-from dckd.vqgan import VQGANFeatures, VQGANSpec
+from dckd.losses.degradations import StepRng
+from dckd.models.vqgan import VQGANFeatures, VQGANSpec
+from dckd.training.engine import build_network
+from dckd.training.step import DistillationMethod
 from tests.conftest import photo_crops, tiny_config_dict
 
 SCALE = 2

@@ -12,7 +12,7 @@ import pytest
 from skimage import data as skdata
 
 from dckd.imageio import read_image, write_image
-from dckd.report import DASH, CellResult, TableInfo, delta, fmt, write_report
+from dckd.reporting.report import DASH, CellResult, TableInfo, delta, fmt, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 VOID = {"meta", "img", "br", "hr", "link", "input", "col", "source", "wbr"}
@@ -235,7 +235,7 @@ def test_results_of_an_unlisted_table_and_extra_benchmarks(tmp_path: Path) -> No
 
 
 def test_table_info_from_spec() -> None:
-    from dckd.tables import TableSpec
+    from dckd.reporting.tables import TableSpec
 
     spec = TableSpec.model_validate({
         "table": "table5", "title": "Ablation", "paper_ref": "Table 5", "base": "x.yaml",

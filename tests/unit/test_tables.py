@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from dckd.errors import ConfigError
-from dckd.reproduction import plan, scale_down_overrides
-from dckd.tables import find_tables, read_table
+from dckd.reporting.reproduction import plan, scale_down_overrides
+from dckd.reporting.tables import find_tables, read_table
 from tests.conftest import tiny_config_dict
 
 

@@ -13,9 +13,8 @@ from torch import nn
 
 from dckd.cli import main
 from dckd.config import load_config
+from dckd.evaluation.restore import restore_image
 from dckd.imageio import read_image
-from dckd.loop import latest_checkpoint, train_local
-from dckd.restore import restore_image
 from dckd.tracking import (
     PARAM_VALUE_LIMIT,
     RunTracker,
@@ -27,6 +26,7 @@ from dckd.tracking import (
     scrub,
     secret_values,
 )
+from dckd.training.loop import latest_checkpoint, train_local
 from tests.conftest import tiny_config_dict
 
 

@@ -8,7 +8,7 @@ import torch
 from skimage import data as skdata
 
 from dckd.data.matlab_resize import imresize
-from dckd.upcycling import zoom_in_tiles, zoom_out
+from dckd.losses.upcycling import zoom_in_tiles, zoom_out
 
 
 def _coordinate_gt(batch: int, height: int, width: int) -> torch.Tensor:

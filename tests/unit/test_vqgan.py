@@ -12,7 +12,7 @@ from taming.modules.vqvae.quantize import VectorQuantizer
 from torch import nn
 
 from dckd.errors import CheckpointError
-from dckd.vqgan import VQGANFeatures, VQGANOutput, VQGANSpec, codebook_log_probs
+from dckd.models.vqgan import VQGANFeatures, VQGANOutput, VQGANSpec, codebook_log_probs
 
 # Small but structurally complete: 5 levels, 2 blocks per level (so the deepest level has a
 # block after the tapped one), attention on the last level (taming's nominal curr_res there

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from dckd.checkpoint import safe_load
 from dckd.config import BenchmarkConfig, load_config
 from dckd.errors import CheckpointError, ConfigError
+from dckd.training.checkpoint import safe_load
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,9 +43,9 @@ def run(args: argparse.Namespace) -> int:
 
     from dckd.data.datasets import BenchmarkSet
     from dckd.data.specs import benchmark_sets, pairs_for
-    from dckd.engine import build_network, resolve_device
-    from dckd.evaluation import evaluate_sets, protocol_for
-    from dckd.metrics import json_ready
+    from dckd.evaluation.benchmarks import evaluate_sets, protocol_for
+    from dckd.evaluation.metrics import json_ready
+    from dckd.training.engine import build_network, resolve_device
 
     state = safe_load(args.checkpoint)
     if not isinstance(state, dict) or "ema" not in state or "config" not in state:

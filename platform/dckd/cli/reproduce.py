@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dckd.errors import ConfigError
-    from dckd.tables import TABLES_DIR, read_table
+    from dckd.reporting.tables import TABLES_DIR, read_table
 
     folder = Path(args.tables_dir or TABLES_DIR)
     if args.list:
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("name a table (see dckd reproduce --list)")
     cells = [c for item in args.cells for c in item.split(",") if c]
     if args.check:
-        from dckd.reproduction import describe_plan
+        from dckd.reporting.reproduction import describe_plan
 
         print(describe_plan(args.table, cells or None, args.scale_down, args.overrides, folder))
         return 0

@@ -33,9 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def _from_checkpoint(path: str, weights: str):  # -> Restorer
     """The student of a training checkpoint; only its architecture section of the stored config is
     validated, so the training data folders it names need not exist where images are restored."""
-    from dckd.checkpoint import safe_load
     from dckd.config import ModelSpec
-    from dckd.engine import build_network
+    from dckd.training.checkpoint import safe_load
+    from dckd.training.engine import build_network
 
     state = safe_load(path)
     if not isinstance(state, dict) or "config" not in state or weights not in state:
@@ -74,9 +74,9 @@ def _jobs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dckd.engine import resolve_device
+    from dckd.evaluation.restore import restore_image
     from dckd.imageio import read_image, write_image
-    from dckd.restore import restore_image
+    from dckd.training.engine import resolve_device
 
     jobs = _jobs(Path(args.input), Path(args.output))
     if args.tile < 0 or args.overlap < 0 or (args.tile > 0 and 2 * args.overlap >= args.tile):

@@ -1,6 +1,6 @@
 """``dckd score``: PSNR/SSIM of a folder of predictions against a folder of ground truth.
 
-Files are matched by name without extension. Flags mirror :class:`dckd.metrics.Protocol`:
+Files are matched by name without extension. Flags mirror :class:`dckd.evaluation.metrics.Protocol`:
 ``--crop-border N --y-channel`` is the SR protocol for scale N, ``--y-channel --round-y`` the
 deraining one, no flags the deblurring one (RGB, no crop).
 
@@ -17,7 +17,7 @@ import json
 import math
 from typing import Any
 
-from dckd.metrics import Protocol, json_ready, score_folders
+from dckd.evaluation.metrics import Protocol, json_ready, score_folders
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -9,8 +9,8 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from dckd.config import load_config
-from dckd.describe import run_summary
 from dckd.errors import ConfigError
+from dckd.reporting.describe import run_summary
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         summary = runner(args.config, args.overrides, args.tracking_uri)
         print(json.dumps(summary, indent=2, default=str))
         return 0
-    from dckd.loop import train_local
+    from dckd.training.loop import train_local
 
     summary = train_local(cfg, resume=not args.fresh, progress=not args.no_progress,
                           tracking_uri=args.tracking_uri)

@@ -1,4 +1,4 @@
-"""Loss terms, each one idea in one place; ``dckd.methods`` composes them from the config."""
+"""Loss terms, each one idea in one place; ``dckd.training.step`` composes them from the config."""
 
 from dckd.losses.contrastive import dynamic_contrastive_loss
 from dckd.losses.distribution import distribution_loss

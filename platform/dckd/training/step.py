@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from dckd.config import MethodConfig
-from dckd.degradations import StepRng, negative_inputs
 from dckd.losses import (
     LabelConsistencyOps,
     augment,
@@ -32,9 +31,10 @@ from dckd.losses import (
     revert,
     tap_outputs,
 )
+from dckd.losses.degradations import StepRng, negative_inputs
 from dckd.losses.mipkd import MiPKDMixer
-from dckd.upcycling import zoom_in_tiles, zoom_out
-from dckd.vqgan import VQGANOutput
+from dckd.losses.upcycling import zoom_in_tiles, zoom_out
+from dckd.models.vqgan import VQGANOutput
 
 
 @dataclass

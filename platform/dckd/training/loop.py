@@ -32,9 +32,9 @@ from dckd.config import ExperimentConfig
 from dckd.data import TrainPatches
 from dckd.data.datasets import IterationBatches, Stage
 from dckd.data.specs import benchmark_sets, train_pairs
-from dckd.engine import Engine
-from dckd.evaluation import evaluate_sets, protocol_for
+from dckd.evaluation.benchmarks import evaluate_sets, protocol_for
 from dckd.tracking import RunTracker, collect_samples
+from dckd.training.engine import Engine
 
 log = logging.getLogger("dckd")
 

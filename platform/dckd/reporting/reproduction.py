@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 
 from dckd.config import ExperimentConfig
-from dckd.describe import batch_note, batch_summary, method_label, schedule_summary, terms_summary
 from dckd.errors import ConfigError
-from dckd.tables import Cell, LoadedTable, find_tables
+from dckd.reporting.describe import batch_note, batch_summary, method_label, schedule_summary, terms_summary
+from dckd.reporting.tables import Cell, LoadedTable, find_tables
 
 MIN_ITERATIONS = 2
 
@@ -93,7 +93,7 @@ class PlannedCell:
 
     @property
     def settings(self) -> dict[str, str]:
-        """How the cell trains, in words: the report's settings table (``dckd.describe``)."""
+        """How the cell trains, in words: the report's settings table (``dckd.reporting.describe``)."""
         c = self.cfg
         if self.cell.kind == "teacher":
             return {"method": "teacher evaluation (no training)"}

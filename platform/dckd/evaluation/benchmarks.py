@@ -12,8 +12,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from dckd.config import ExperimentConfig
+from dckd.evaluation.metrics import Protocol
 from dckd.imageio import to_uint8, write_image
-from dckd.metrics import Protocol
 
 
 def protocol_for(cfg: ExperimentConfig) -> Protocol:

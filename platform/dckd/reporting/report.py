@@ -31,10 +31,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dckd.describe import PRESET_LEGEND
+from dckd.reporting.describe import PRESET_LEGEND
 
 if TYPE_CHECKING:
-    from dckd.tables import TableSpec
+    from dckd.reporting.tables import TableSpec
 
 DASH = "—"
 SAMPLE_LEGEND = "input (nearest-upscaled) | teacher | student | ground truth"

@@ -1,7 +1,7 @@
 """The single-machine engine: networks, one training step, EMA and history model, checkpoints.
 
 ``Engine.train_step`` is the only definition of a training step; the in-process loop
-(``dckd.loop``) and the Ray workers both call it. Everything random in a step is seeded from
+(``dckd.training.loop``) and the Ray workers both call it. Everything random in a step is seeded from
 (seed, rank, iteration), and a checkpoint holds every piece of state, so a resumed run
 continues exactly where an uninterrupted one would be. That includes the trainable parts of
 methods other than the student (MiPKD's encoders and decoders: optimised with the student,
@@ -19,19 +19,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from dckd.averaging import HistorySchedule, blend_into, frozen_copy
-from dckd.checkpoint import atomic_save, capture_rng, restore_rng, safe_load
 from dckd.config import ExperimentConfig, ModelSpec
 from dckd.data import derive_seed
-from dckd.degradations import StepRng
-from dckd.describe import batch_note
 from dckd.errors import CheckpointError, ConfigError
+from dckd.losses.degradations import StepRng
 from dckd.losses.fakd import fakd_layers
 from dckd.losses.mipkd import MiPKDMixer, build_mixer
-from dckd.methods import DistillationMethod
 from dckd.models import build_model, build_preset, load_weights
-from dckd.schedules import lr_at
-from dckd.vqgan import VQGANFeatures
+from dckd.models.vqgan import VQGANFeatures
+from dckd.reporting.describe import batch_note
+from dckd.training.averaging import HistorySchedule, blend_into, frozen_copy
+from dckd.training.checkpoint import atomic_save, capture_rng, restore_rng, safe_load
+from dckd.training.schedules import lr_at
+from dckd.training.step import DistillationMethod
 
 log = logging.getLogger("dckd")
 

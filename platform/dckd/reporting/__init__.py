@@ -1,0 +1,1 @@
+"""Reporting: paper tables as cells, reproduction plans, descriptions of a run, reports."""

@@ -1,0 +1,1 @@
+"""Training: the engine (student, EMA, optimizer, terms), one step's shared passes, the loop."""
