@@ -22,18 +22,9 @@ from dckd.data.specs import benchmark_sets
 from dckd.evaluation.benchmarks import protocol_for
 from dckd.training.engine import Engine
 from dckd.training.loop import make_loader, test_and_log, validate_and_log, window_record
+from trainers.ddp import average_gradients, wrap_ddp
 
 STATE_FILE = "state.pt"
-
-
-def _wrap_ddp(device: torch.device):
-    from torch.nn.parallel import DistributedDataParallel
-
-    def wrap(model: torch.nn.Module) -> torch.nn.Module:
-        ids = [device.index] if device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids)
-
-    return wrap
 
 
 def _fail_once_if_asked(config: dict[str, Any], rank: int, iteration: int) -> None:
@@ -57,7 +48,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     engine = Engine(cfg, device=device, rank=rank, world_size=world,
-                    wrap_student=_wrap_ddp(device) if world > 1 else None,
+                    wrap_student=wrap_ddp(device) if world > 1 else None,
+                    sync_gradients=average_gradients if world > 1 else None,
                     notes=(lambda m: print(f"note: {m}", file=sys.stderr, flush=True)) if rank == 0 else
                     (lambda _m: None))
     checkpoint = ray.train.get_checkpoint()

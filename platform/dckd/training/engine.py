@@ -74,6 +74,7 @@ class Engine:
         wrap_student: Callable[[nn.Module], nn.Module] | None = None,
         notes: Callable[[str], None] | None = None,
         world_size: int = 1,
+        sync_gradients: Callable[[list[torch.Tensor]], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.rank = rank
@@ -116,6 +117,9 @@ class Engine:
 
         self.optimizer = self._make_optimizer()
         self.train_module = wrap_student(self.student) if wrap_student else self.student
+        # Data-parallel runs average the gradients of trainables other than the student (DDP
+        # averages the student's); the distributed layer passes the function that does it.
+        self.sync_gradients = sync_gradients
         self.iteration = 0
         # Bookkeeping of the layers above (e.g. the MLflow run id), carried in every checkpoint.
         self.extra: dict[str, Any] = {}
@@ -208,8 +212,8 @@ class Engine:
         )
         self.optimizer.zero_grad(set_to_none=True)
         out.total.backward()
-        if self.mixer is not None:
-            _average_across_workers(self.mixer)
+        if self.sync_gradients is not None and self.mixer is not None:
+            self.sync_gradients(list(self.mixer.parameters()))
         if self.cfg.optim.grad_clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.cfg.optim.grad_clip_norm)
         self.optimizer.step()
@@ -292,19 +296,6 @@ class Engine:
 
     def eval_model(self) -> nn.Module:
         return self.ema if self.cfg.eval.weights == "ema" else self.student
-
-
-def _average_across_workers(module: nn.Module) -> None:
-    """Average gradients over data-parallel workers (DDP does it for the student, not for this)."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
-        return
-    world = dist.get_world_size()
-    for p in module.parameters():
-        if p.grad is None:  # unused on this worker this step (e.g. a decoder the block path skipped)
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad)
-        p.grad.div_(world)
 
 
 def seeded_rng(seed: int, rank: int, iteration: int, device: torch.device) -> StepRng:
