@@ -42,7 +42,7 @@ class BenchCase:
 def bench_config(case: BenchCase, data_dir: str):
     """An experiment config for a benchmark case (random weights: speed does not depend on them)."""
     from dckd.config import load_config
-    from dckd.models.vqgan import VQGANSpec
+    from dckd.config import VQGANSpec
 
     teacher, student, scale = PAIRS[case.pair]
     preset = {"released": "dckd"}.get(case.method, case.method)
@@ -83,9 +83,7 @@ def _engine_and_batch(case: BenchCase):
     cfg = bench_config(case, tempfile.gettempdir())
     engine = Engine(cfg, notes=lambda _msg: None)
     if case.method == "released":
-        from dckd.training.step import ReleasedStructureMethod
-
-        engine.method = ReleasedStructureMethod(cfg.method)
+        engine.encoder_structure = "released"
     g = torch.Generator().manual_seed(0)
     scale = cfg.scale
     lq = torch.rand(case.batch, 3, case.patch, case.patch, generator=g)
@@ -135,19 +133,17 @@ def loss_match(case: BenchCase) -> dict[str, Any]:
     import torch
 
     from dckd.training.engine import seeded_rng
-    from dckd.training.step import DistillationMethod, ReleasedStructureMethod
 
     if case.threads:
         torch.set_num_threads(case.threads)
     engine, lq, gt = _engine_and_batch(case)
     values = {}
-    for label, method in (("dckd", DistillationMethod(engine.cfg.method)),
-                          ("released", ReleasedStructureMethod(engine.cfg.method))):
+    for label, structure in (("dckd", "shared"), ("released", "released")):
+        engine.encoder_structure = structure
         torch.manual_seed(123)
         rng = seeded_rng(engine.cfg.seed, 0, 1, engine.device)
         with torch.no_grad():
-            out = method.compute(engine.student, lq.to(engine.device), gt.to(engine.device), rng,
-                                 teacher=engine.teacher, history=engine.history, vqgan=engine.vqgan)
+            out = engine.compute(lq.to(engine.device), gt.to(engine.device), rng)
         values[label] = float(out.total)
         values[f"{label}_terms"] = {k: float(v) for k, v in out.terms.items()}
     rel = abs(values["dckd"] - values["released"]) / max(abs(values["released"]), 1e-12)

@@ -26,9 +26,14 @@ from dckd.losses.mipkd import (
 )
 from dckd.losses.upcycling import zoom_out
 from dckd.models import build_preset
+from dckd.terms.dukd import DUKD
+from dckd.terms.kd import KD
+from dckd.terms.lcr import LCR
+from dckd.terms.mclir import MCLIR
+from dckd.terms.rec import Rec
 from dckd.training.engine import Engine, seeded_rng
 from dckd.training.loop import make_loader
-from dckd.training.step import DistillationMethod
+from dckd.training.step import run_step
 from tests.conftest import tiny_config_dict
 
 
@@ -114,7 +119,7 @@ def test_fakd_teacher_taps_come_from_the_kd_pass(tmp_path: Path, hr_folder: Path
     engine.teacher.register_forward_hook(lambda _m, inp, _o: calls.append(inp[0].shape[0]))
     g = torch.Generator().manual_seed(0)
     lq, gt = torch.rand(2, 3, 8, 8, generator=g), torch.rand(2, 3, 16, 16, generator=g)
-    out = engine.method.compute(engine.student, lq, gt, seeded_rng(3, 0, 1, engine.device), teacher=engine.teacher)
+    out = engine.compute(lq, gt, seeded_rng(3, 0, 1, engine.device))
     assert calls == [2]
     with torch.no_grad():
         with tap_outputs(engine.student, ["head", "body.0", "body.1", "body.2"]) as s:
@@ -229,17 +234,17 @@ def test_state_is_saved_and_restored_exactly(tmp_path: Path, hr_folder: Path, me
     assert {k: v.item() for k, v in ta[0].items()} == {k: v.item() for k, v in tb[0].items()}
     for x, y in zip(a.trainable_parameters(), b.trainable_parameters()):
         assert torch.equal(x, y)
-    for na, nb in zip(a.negatives, b.negatives):
+    for na, nb in zip(*(e.terms["mclir"].negatives if method == "mclir" else [] for e in (a, b))):
         assert all(torch.equal(x, y) for x, y in zip(na.state_dict().values(), nb.state_dict().values()))
     state = torch.load(path, weights_only=True)
     if method == "mipkd":
-        assert state["mipkd"] is not None and len(state["optimizer"]["param_groups"]) == 2
+        assert state["terms"]["mipkd"]["mixer"] and len(state["optimizer"]["param_groups"]) == 2
         with pytest.raises(CheckpointError, match="no MiPKD mixer"):
-            b.load_state_dict({**state, "mipkd": None}, "x.pt")
+            b.load_state_dict({**state, "terms": {"mipkd": {"mixer": None}}}, "x.pt")
     else:
-        assert len(state["mclir_negatives"]) == 2
+        assert len(state["terms"]["mclir"]["negatives"]) == 2
         with pytest.raises(CheckpointError, match="MCLIR negative"):
-            b.load_state_dict({**state, "mclir_negatives": None}, "x.pt")
+            b.load_state_dict({**state, "terms": {"mclir": {"negatives": []}}}, "x.pt")
 
 
 def test_exported_student_has_only_student_keys(tmp_path: Path, hr_folder: Path) -> None:
@@ -249,7 +254,7 @@ def test_exported_student_has_only_student_keys(tmp_path: Path, hr_folder: Path)
     exported = torch.load(engine.export_weights(tmp_path / "student.pth"), weights_only=True)
     keys = set(build_preset("rcan_tiny_x2_student").state_dict())
     assert set(exported["params"]) == set(exported["params_ema"]) == keys
-    assert engine.mixer is not None and not any(k.startswith(("enc_", "dec_")) for k in exported["params"])
+    assert engine.terms["mipkd"].mixer is not None and not any(k.startswith(("enc_", "dec_")) for k in exported["params"])
 
 
 # --------------------------------------------------------------------------- DUKD
@@ -273,8 +278,9 @@ def test_dukd_term_by_hand_and_teacher_passes(tmp_path: Path, hr_folder: Path, z
         "method.dcr.enabled=false", "method.dmm.enabled=false", "method.rec.weight=5"])
     student, teacher = Upscale(), Upscale(0.1)
     lq, gt = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 16, 16)
-    out = DistillationMethod(cfg.method).compute(student, lq, gt, seeded_rng(0, 0, 1, torch.device("cpu")),
-                                                 teacher=teacher)
+    m = cfg.method
+    terms = [Rec(m.rec), KD(m.kd), LCR(m.lcr), DUKD(m.dukd, rec_weight=m.rec.weight)]
+    out = run_step(terms, lq, gt, seeded_rng(0, 0, 1, torch.device("cpu")), student, teacher)
     # one teacher pass: clean LR, its label-consistency copy and 3 tiles per image
     assert teacher.calls[0] == (2 + 2 + 6, 3, 8, 8) and student.calls[0] == (2 + 6, 3, 8, 8)
     expected = 2.0 * 0.1  # the student's reverted output on the augmented tiles vs the teacher's on clean tiles
@@ -317,9 +323,9 @@ def test_mclir_total_by_hand(tmp_path: Path, hr_folder: Path) -> None:
     cfg = load_config(data=config(hr_folder, tmp_path / "r", "mclir", mclir={"neg_iter": [10, 20]}))
     lq = torch.rand(2, 3, 4, 4)
     gt = lq + 0.25
-    out = DistillationMethod(cfg.method).compute(
-        nn.Identity(), lq, gt, seeded_rng(0, 0, 1, torch.device("cpu")),
-        negatives=[Offset(1.0), Offset(-3.0)], vgg=StubVGG())
+    m = cfg.method
+    terms = [Rec(m.rec), MCLIR(m.mclir, negatives=[Offset(1.0), Offset(-3.0)], vgg=StubVGG())]
+    out = run_step(terms, lq, gt, seeded_rng(0, 0, 1, torch.device("cpu")), nn.Identity())
     # per negative: 0.2*d + 0.3*2d + 0.5*3d = 2.3d with d = 1 and 3; mean 4.6; lambda 0.001
     assert out.terms["rec"].item() == pytest.approx(0.25)
     assert out.terms["mclir"].item() == pytest.approx(-0.0046, rel=1e-5)
@@ -330,12 +336,13 @@ def test_mclir_negatives_follow_the_raw_student(tmp_path: Path, hr_folder: Path)
     cfg = load_config(data=config(hr_folder, tmp_path / "r", "mclir", mclir={"neg_iter": [2, 3]}))
     notes: list[str] = []
     engine = Engine(cfg, notes=notes.append)
+    negatives = engine.terms["mclir"].negatives
     assert engine.teacher is None and any("VGG16 has random weights" in n for n in notes)
-    assert all(not n.training and not any(p.requires_grad for p in n.parameters()) for n in engine.negatives)
+    assert all(not n.training and not any(p.requires_grad for p in n.parameters()) for n in negatives)
     for t, batch in enumerate(make_loader(cfg, 0, 3), start=1):
-        before = [[p.clone() for p in n.parameters()] for n in engine.negatives]
+        before = [[p.clone() for p in n.parameters()] for n in negatives]
         engine.train_step(batch["lq"], batch["gt"])
-        for k, (neg, every) in enumerate(zip(engine.negatives, (2, 3))):
+        for k, (neg, every) in enumerate(zip(negatives, (2, 3))):
             for b, a, s in zip(before[k], neg.parameters(), engine.student.parameters()):
                 want = 0.1 * b + 0.9 * s if t % every == 0 else b
                 torch.testing.assert_close(a, want, rtol=1e-6, atol=1e-7)
@@ -360,5 +367,5 @@ def test_each_preset_trains_with_finite_terms(tmp_path: Path, hr_folder: Path, b
     assert torch.isclose(terms["total"], sum(v for k, v in terms.items() if k != "total"))
     assert any(not torch.equal(a, b) for a, b in zip(before, engine.trainable_parameters()))
     if method == "mipkd":
-        assert engine.mixer is not None and engine.mixer.block
-        assert all(p.grad is not None for p in engine.mixer.enc_s.parameters())
+        mixer = engine.terms["mipkd"].mixer
+        assert mixer.block and all(p.grad is not None for p in mixer.enc_s.parameters())

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from dckd.config import HistoryConfig
-from dckd.training.averaging import HistorySchedule, blend_into
+from dckd.terms.dcr import HistorySchedule
+from dckd.training.averaging import blend_into
 
 
 def test_released_schedule_grows_1000_2000_3000() -> None:

@@ -24,8 +24,13 @@ import torch.nn.functional as F
 from dckd.config import ModelSpec, load_config
 from dckd.losses.degradations import StepRng
 from dckd.models.vqgan import VQGANFeatures, VQGANSpec
+from dckd.terms.dcr import DCR
+from dckd.terms.dmm import DMM
+from dckd.terms.kd import KD
+from dckd.terms.lcr import LCR
+from dckd.terms.rec import Rec
 from dckd.training.engine import build_network
-from dckd.training.step import DistillationMethod
+from dckd.training.step import run_step
 from tests.conftest import photo_crops, tiny_config_dict
 
 SCALE = 2
@@ -108,6 +113,12 @@ def setup():
     return teacher, student, history, vqgan, lq, gt
 
 
+def dckd_terms(m, history) -> list:
+    """The enabled DCKD terms in registry order, DCR with the given history model."""
+    made = {"rec": Rec(m.rec), "kd": KD(m.kd), "dcr": DCR(m.dcr, history), "dmm": DMM(m.dmm), "lcr": LCR(m.lcr)}
+    return [made[name] for name in m.enabled_terms]
+
+
 def deterministic_method(tmp_path, preset: str):
     """The preset with every degradation probability 0 and the LCR probability 1."""
     cfg = tiny_config_dict(tmp_path, tmp_path / "run", method=preset)
@@ -126,8 +137,7 @@ def test_dckd_release_terms_equal_the_release_computed_independently(setup, tmp_
     # (the only draws from it here: LCR and degradations use the step's own generator).
     ours_student = copy.deepcopy(student)
     torch.manual_seed(1)
-    out = DistillationMethod(m).compute(ours_student, lq, gt, StepRng.seeded(0, lq.device), teacher=teacher,
-                                        history=history, vqgan=vqgan)
+    out = run_step(dckd_terms(m, history), lq, gt, StepRng.seeded(0, lq.device), ours_student, teacher, vqgan)
     out.total.backward()
 
     # ---- the release, step by step
@@ -161,11 +171,9 @@ def test_the_paper_preset_differs_from_the_release_in_dmm_and_lcr(setup, tmp_pat
     teacher, student, history, vqgan, lq, gt = setup
     release, paper = deterministic_method(tmp_path, "dckd_release"), deterministic_method(tmp_path, "dckd")
     torch.manual_seed(1)
-    a = DistillationMethod(release).compute(student, lq, gt, StepRng.seeded(0, lq.device), teacher=teacher,
-                                            history=history, vqgan=vqgan)
+    a = run_step(dckd_terms(release, history), lq, gt, StepRng.seeded(0, lq.device), student, teacher, vqgan)
     torch.manual_seed(1)
-    b = DistillationMethod(paper).compute(student, lq, gt, StepRng.seeded(0, lq.device), teacher=teacher,
-                                          history=history, vqgan=vqgan)
+    b = run_step(dckd_terms(paper, history), lq, gt, StepRng.seeded(0, lq.device), student, teacher, vqgan)
     assert "lcr" not in b.terms
     for name in ("rec", "kd", "dcr"):
         torch.testing.assert_close(a.terms[name], b.terms[name], rtol=1e-6, atol=0)

@@ -16,14 +16,15 @@ from tests.conftest import tiny_config_dict
 
 
 def _parts(ckpt: Path) -> dict[str, Any]:
-    """The parts of a checkpoint this test compares; the only place that knows its keys (format v1)."""
+    """The parts of a checkpoint this test compares; the only place that knows its keys (format v2)."""
     state = safe_load(ckpt)
+    dcr = state["terms"]["dcr"]
     return {
         "iteration": state["iteration"],
         "student": state["student"],
         "ema": state["ema"],
-        "history": state["history"],
-        "history_state": state["history_state"],
+        "history": dcr["history"],
+        "history_state": dcr["schedule"],
     }
 
 

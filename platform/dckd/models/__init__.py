@@ -1,26 +1,27 @@
-"""Restoration networks: named presets, a uniform wrapper, checkpoint loading."""
+"""Restoration networks: named presets, a uniform wrapper, checkpoint loading.
 
-from dckd.models.presets import PRESETS, Preset
-from dckd.models.restorer import (
-    Restorer,
-    backbone_names,
-    build_model,
-    build_preset,
-    count_params,
-    preset_param_count,
-)
-from dckd.models.weights import LoadResult, load_state_dict_file, load_weights
+Names are imported on first use, so ``dckd.models.presets`` (plain data: which architecture
+with which arguments) can be read by the config layer without loading torch.
+"""
 
-__all__ = [
-    "PRESETS",
-    "LoadResult",
-    "Preset",
-    "Restorer",
-    "backbone_names",
-    "build_model",
-    "build_preset",
-    "count_params",
-    "load_state_dict_file",
-    "load_weights",
-    "preset_param_count",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_NAMES = {
+    "PRESETS": "presets", "Preset": "presets",
+    "Restorer": "restorer", "backbone_names": "restorer", "build_model": "restorer", "build_preset": "restorer",
+    "count_params": "restorer", "preset_param_count": "restorer",
+    "LoadResult": "weights", "load_state_dict_file": "weights", "load_weights": "weights",
+}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _NAMES:
+        raise AttributeError(f"module 'dckd.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"dckd.models.{_NAMES[name]}"), name)
+    globals()[name] = value
+    return value

@@ -77,3 +77,32 @@ def restore_rng(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), None))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- formats
+#: Training checkpoints: v2 keeps each loss term's own state under ``terms[<name>]``.
+CHECKPOINT_FORMAT = "dckd-checkpoint-v2"
+#: v1 (until December 2026) kept the state of DCR, MiPKD and MCLIR at the top level.
+CHECKPOINT_FORMAT_V1 = "dckd-checkpoint-v1"
+
+
+def upgrade(state: dict[str, Any], terms: dict[str, Any], source: str) -> dict[str, Any]:
+    """A training checkpoint in the current format; v1 files are converted, nothing else is accepted.
+
+    ``terms`` maps term names to their classes; each class names the v1 keys that held its
+    state (``Term.v1_keys``), so the conversion knows no term itself.
+    """
+    fmt = state.get("format")
+    if fmt == CHECKPOINT_FORMAT:
+        return state
+    if fmt != CHECKPOINT_FORMAT_V1:
+        raise CheckpointError(f"{source}: not a dckd training checkpoint (format {fmt!r})")
+    moved = {key for cls in terms.values() for key in cls.v1_keys}
+    out = {k: v for k, v in state.items() if k not in moved}
+    out["format"] = CHECKPOINT_FORMAT
+    out["terms"] = {}
+    for name, cls in terms.items():
+        # v1 wrote every key; the first one a term names is None when the term was off
+        if cls.v1_keys and state.get(next(iter(cls.v1_keys))) is not None:
+            out["terms"][name] = {new: state.get(old) for old, new in cls.v1_keys.items()}
+    return out

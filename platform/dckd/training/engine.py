@@ -1,18 +1,18 @@
-"""The single-machine engine: networks, one training step, EMA and history model, checkpoints.
+"""The single-machine engine: the student, its EMA copy, the optimizer, the terms, checkpoints.
 
-``Engine.train_step`` is the only definition of a training step; the in-process loop
-(``dckd.training.loop``) and the Ray workers both call it. Everything random in a step is seeded from
-(seed, rank, iteration), and a checkpoint holds every piece of state, so a resumed run
-continues exactly where an uninterrupted one would be. That includes the trainable parts of
-methods other than the student (MiPKD's encoders and decoders: optimised with the student,
-saved in checkpoints, never exported) and their frozen networks (MCLIR's negative copies).
+``Engine.train_step`` is the only definition of a training step; the loop (``dckd.training.loop``)
+runs it for local and Ray runs alike. Everything random in a step is seeded from (seed, rank,
+iteration), and a checkpoint holds every piece of state, so a resumed run continues exactly
+where an uninterrupted one would be. What a loss term keeps of its own (networks, schedules,
+trainable parts) is the term's (``dckd.terms``): the engine builds the enabled terms from the
+registry, gives their trainables an optimizer group each, calls them after every optimizer
+step and saves their state under their names. It names no term.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +21,19 @@ from torch import nn
 
 from dckd.config import ExperimentConfig, ModelSpec
 from dckd.data import derive_seed
-from dckd.errors import CheckpointError, ConfigError
+from dckd.errors import CheckpointError
 from dckd.losses.degradations import StepRng
-from dckd.losses.fakd import fakd_layers
-from dckd.losses.mipkd import MiPKDMixer, build_mixer
 from dckd.models import build_model, build_preset, load_weights
 from dckd.models.vqgan import VQGANFeatures
 from dckd.reporting.describe import batch_note
-from dckd.training.averaging import HistorySchedule, blend_into, frozen_copy
-from dckd.training.checkpoint import atomic_save, capture_rng, restore_rng, safe_load
+from dckd.terms.base import Term, TermSetup
+from dckd.terms.registry import TERMS
+from dckd.training.averaging import blend_into, frozen_copy
+from dckd.training.checkpoint import CHECKPOINT_FORMAT, atomic_save, capture_rng, restore_rng, safe_load, upgrade
 from dckd.training.schedules import lr_at
-from dckd.training.step import DistillationMethod
+from dckd.training.step import EncoderStructure, StepOutput, run_step
 
 log = logging.getLogger("dckd")
-
-CHECKPOINT_FORMAT = "dckd-checkpoint-v1"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -55,16 +53,8 @@ def build_network(spec: ModelSpec, scale: int) -> nn.Module:
     return model
 
 
-@dataclass
-class HistoryState:
-    """Where the history model stands in its schedule (saved with every checkpoint)."""
-
-    updates: int = 0
-    last_update: int = 0
-
-
 class Engine:
-    """Owns the student, its EMA copy, the frozen networks, the optimizer and the iteration."""
+    """Owns the student, its EMA copy, the shared frozen networks, the terms, the optimizer, the iteration."""
 
     def __init__(
         self,
@@ -86,34 +76,28 @@ class Engine:
         if (differs := batch_note(cfg, world_size)) is not None:
             self.note(differs)
 
-        # The student's initial weights depend only on the seed (identical on every worker).
+        # The student's initial weights depend only on the seed (identical on every worker);
+        # then the shared frozen networks, then the terms' own, always in this order.
         torch.manual_seed(cfg.seed)
         self.student = build_network(cfg.student, cfg.scale).to(self.device)
         self.ema = frozen_copy(self.student)
-        self.method = DistillationMethod(cfg.method, cfg.train.frozen_chunk_rows)
+        classes = [TERMS[name] for name in cfg.method.enabled_terms]
 
         self.teacher: nn.Module | None = None
-        if cfg.method.needs_teacher:
+        if any(c.needs_teacher for c in classes):
             assert cfg.teacher is not None
             self.teacher = frozen_copy(build_network(cfg.teacher, cfg.scale)).to(self.device)
             if cfg.teacher.checkpoint is None:
                 self.note("teacher has no checkpoint: it distils from randomly initialised weights")
-
-        self.history: nn.Module | None = None
-        self.history_schedule: HistorySchedule | None = None
-        self.history_state = HistoryState()
-        if cfg.method.dcr.enabled:
-            self.history = frozen_copy(self.student)
-            self.history_schedule = HistorySchedule(cfg.method.dcr.history)
-
         self.vqgan: VQGANFeatures | None = None
-        if cfg.method.needs_vqgan:
+        if any(c.needs_encoder for c in classes):
             self.vqgan = VQGANFeatures.from_spec(cfg.vqgan, log=self.note).to(self.device)
 
-        self.mixer: MiPKDMixer | None = None
-        self.negatives: list[nn.Module] = []
-        self.vgg: nn.Module | None = None
-        self._setup_baselines()
+        setup = TermSetup(experiment=cfg, device=self.device, student=self.student, teacher=self.teacher,
+                          note=self.note, build_student=lambda: build_network(cfg.student, cfg.scale))
+        self.terms: dict[str, Term] = {c.name: c.build(cfg.method.term(c.name), setup) for c in classes}
+        #: "released" runs the VQGAN passes in the authors' structure (``dckd bench`` only).
+        self.encoder_structure: EncoderStructure = "shared"
 
         self.optimizer = self._make_optimizer()
         self.train_module = wrap_student(self.student) if wrap_student else self.student
@@ -131,65 +115,36 @@ class Engine:
             self.notes.append(msg)
             self._note(msg)
 
-    def _setup_baselines(self) -> None:
-        """Check the baseline terms against the networks and build their own networks.
-
-        Built after everything the DCKD terms use, so those draw the same initial weights.
-        """
-        m = self.cfg.method
-        if m.fakd.enabled:
-            assert self.teacher is not None
-            fakd_layers(m.fakd.student_layers, m.fakd.teacher_layers, self.student, self.teacher)
-        if m.dukd.enabled:
-            if self.cfg.task != "sr":
-                raise ConfigError(f"method.dukd: data upcycling is for super-resolution, not {self.cfg.task}")
-            if m.dukd.zoom_in_tiles > self.cfg.scale**2:
-                raise ConfigError(f"method.dukd.zoom_in_tiles: at most scale**2 = {self.cfg.scale**2} tiles, "
-                                  f"got {m.dukd.zoom_in_tiles}")
-            if m.dukd.zoom_out and self.cfg.data.train.lq_patch % self.cfg.scale:
-                raise ConfigError(f"method.dukd.zoom_out: data.train.lq_patch {self.cfg.data.train.lq_patch} "
-                                  f"is not divisible by the scale {self.cfg.scale}")
-        if m.mipkd.enabled:
-            assert self.teacher is not None
-            self.mixer = build_mixer(
-                self.student, self.teacher, m.mipkd.stages, m.mipkd.latent_channels, m.mipkd.mask_prob,
-                m.mipkd.switch_prob, m.mipkd.ae_weight, block=m.mipkd.block_weight > 0,
-            ).to(self.device)
-            if m.mipkd.block_weight > 0 and not self.mixer.block:
-                self.note("MiPKD: one stage only (a network has a single block), so the block prior mixer is off")
-        if m.mclir.enabled:
-            from dckd.losses.perceptual import VGGFeatures  # torchvision: only when used
-
-            # MCLIR: a fresh network blended with the student, neg = a*fresh + (1-a)*student.
-            for _ in m.mclir.neg_iter:
-                neg = frozen_copy(build_network(self.cfg.student, self.cfg.scale)).to(self.device)
-                blend_into(neg, self.student, m.mclir.neg_start)
-                self.negatives.append(neg)
-            ckpt = m.mclir.vgg_checkpoint
-            self.vgg = VGGFeatures(m.mclir.vgg_layers, ckpt, log=self.note if ckpt is None else log.info)
-            self.vgg.to(self.device)
-
     @property
     def vqgan_pretrained(self) -> bool | None:
         return None if self.vqgan is None else bool(self.vqgan.pretrained)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
+        """Adam(W) over the student and, in a group of its own each, every term's trainables."""
         o = self.cfg.optim
         params: list[Any] = [p for p in self.student.parameters() if p.requires_grad]
-        if self.mixer is not None:  # a group of its own: same schedule, separate in the state dict
-            params = [{"params": params}, {"params": list(self.mixer.parameters())}]
+        extra = [term.trainables() for term in self.terms.values() if term.trainables()]
+        if extra:  # groups share the schedule and stay separate in the state dict
+            params = [{"params": params}] + [{"params": group} for group in extra]
         cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
         return cls(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
 
+    def term_trainables(self) -> list[torch.Tensor]:
+        return [p for term in self.terms.values() for p in term.trainables()]
+
     def trainable_parameters(self) -> list[torch.Tensor]:
-        """What the optimizer updates: the student, and MiPKD's mixer when it is on."""
-        params = [p for p in self.student.parameters() if p.requires_grad]
-        return params + ([] if self.mixer is None else list(self.mixer.parameters()))
+        """What the optimizer updates: the student, and the trainable parts of terms."""
+        return [p for p in self.student.parameters() if p.requires_grad] + self.term_trainables()
 
     def lr(self, iteration: int) -> float:
         return lr_at(self.cfg.schedule, self.cfg.optim.lr, iteration, self.cfg.train.iterations)
 
     # ------------------------------------------------------------------ step
+    def compute(self, lq: torch.Tensor, gt: torch.Tensor, rng: StepRng) -> StepOutput:
+        """Every enabled term's loss on one batch (on the device), without an optimizer step."""
+        return run_step(self.terms.values(), lq, gt, rng, self.train_module, self.teacher, self.vqgan,
+                        chunk_rows=self.cfg.train.frozen_chunk_rows, encoder_structure=self.encoder_structure)
+
     def train_step(self, lq: torch.Tensor, gt: torch.Tensor) -> dict[str, torch.Tensor]:
         """One optimisation step; returns detached loss terms (convert with ``.item()`` when logging)."""
         t = self.iteration + 1
@@ -199,33 +154,25 @@ class Engine:
         # Implicit randomness (e.g. SwinIR's stochastic depth) and explicit draws (degradations,
         # label-consistency ops) are functions of (seed, rank, iteration): resume is exact.
         torch.manual_seed(derive_seed(self.cfg.seed, self.rank, t, 0))
-        rng = StepRng.seeded(derive_seed(self.cfg.seed, self.rank, t, 1), self.device)
+        rng = seeded_rng(self.cfg.seed, self.rank, t, self.device)
         lq = lq.to(self.device, non_blocking=True)
         gt = gt.to(self.device, non_blocking=True)
 
         self.train_module.train()
-        if self.mixer is not None:
-            self.mixer.train()
-        out = self.method.compute(
-            self.train_module, lq, gt, rng, teacher=self.teacher, history=self.history, vqgan=self.vqgan,
-            mixer=self.mixer, negatives=self.negatives, vgg=self.vgg,
-        )
+        for term in self.terms.values():
+            term.train()
+        out = self.compute(lq, gt, rng)
         self.optimizer.zero_grad(set_to_none=True)
         out.total.backward()
-        if self.sync_gradients is not None and self.mixer is not None:
-            self.sync_gradients(list(self.mixer.parameters()))
+        if self.sync_gradients is not None and (extra := self.term_trainables()):
+            self.sync_gradients(extra)
         if self.cfg.optim.grad_clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.cfg.optim.grad_clip_norm)
         self.optimizer.step()
 
         blend_into(self.ema, self.student, self.cfg.train.ema_decay)
-        if self.history is not None and self.history_schedule is not None and self.history_schedule.due(t):
-            source = self.ema if self.cfg.method.dcr.history.track == "ema" else self.student
-            blend_into(self.history, source, self.cfg.method.dcr.history.alpha)
-            self.history_state = HistoryState(self.history_state.updates + 1, t)
-        for neg, every in zip(self.negatives, self.cfg.method.mclir.neg_iter):
-            if t % every == 0:  # MCLIR tracks the raw student, not the EMA
-                blend_into(neg, self.student, self.cfg.method.mclir.neg_decay)
+        for term in self.terms.values():
+            term.after_step(t, self.student, self.ema)
         self.iteration = t
         terms = {k: v.detach() for k, v in out.terms.items()}
         terms["total"] = out.total.detach()
@@ -239,11 +186,7 @@ class Engine:
             "iteration": self.iteration,
             "student": self.student.state_dict(),
             "ema": self.ema.state_dict(),
-            "history": None if self.history is None else self.history.state_dict(),
-            "history_state": {"updates": self.history_state.updates,
-                              "last_update": self.history_state.last_update},
-            "mipkd": None if self.mixer is None else self.mixer.state_dict(),
-            "mclir_negatives": [neg.state_dict() for neg in self.negatives] if self.negatives else None,
+            "terms": {name: state for name, term in self.terms.items() if (state := term.state_dict()) is not None},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": {"name": self.cfg.schedule.name, "iteration": self.iteration,
                           "lr": self.lr(max(self.iteration, 1))},
@@ -254,32 +197,21 @@ class Engine:
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str = "<state>") -> None:
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{source}: not a dckd training checkpoint (format {state.get('format')!r})")
+        """Restore ``state_dict()`` (or a format-v1 checkpoint, converted on the way in)."""
+        state = upgrade(state, TERMS, source)
+        saved = state.get("terms") or {}
         try:
             self.student.load_state_dict(state["student"])
             self.ema.load_state_dict(state["ema"])
-            if self.history is not None:
-                if state["history"] is None:
-                    raise CheckpointError(f"{source}: has no history model but this run uses DCR")
-                self.history.load_state_dict(state["history"])
-            if self.mixer is not None:
-                if state.get("mipkd") is None:
-                    raise CheckpointError(f"{source}: has no MiPKD mixer but this run uses MiPKD")
-                self.mixer.load_state_dict(state["mipkd"])
-            if self.negatives:
-                saved = state.get("mclir_negatives") or []
-                if len(saved) != len(self.negatives):
-                    raise CheckpointError(
-                        f"{source}: has {len(saved)} MCLIR negative models, this run uses {len(self.negatives)}"
-                    )
-                for neg, sd in zip(self.negatives, saved):
-                    neg.load_state_dict(sd)
+            for name, term in self.terms.items():
+                if term.state_dict() is not None and saved.get(name) is None:
+                    raise CheckpointError(f"{source}: has no state of the term {name!r}, which this run uses")
+                term.load_state_dict(saved.get(name), source)
             self.optimizer.load_state_dict(state["optimizer"])
-        except RuntimeError as exc:
+        except (RuntimeError, ValueError, KeyError) as exc:
+            if isinstance(exc, CheckpointError):
+                raise
             raise CheckpointError(f"{source}: does not fit this configuration: {exc}") from exc
-        hs = state["history_state"]
-        self.history_state = HistoryState(int(hs["updates"]), int(hs["last_update"]))
         self.iteration = int(state["iteration"])
         self.extra = dict(state.get("extra") or {})
         restore_rng(state["rng"])

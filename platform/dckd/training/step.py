@@ -1,243 +1,144 @@
-"""A distillation method as a weighted sum of loss terms, computed in one training step.
+"""One training step's shared network passes, gathered from every term's requests.
 
-This is the one place that says how a step turns a batch into losses. Frozen networks (the
-teacher, the history model, the VQGAN encoder) run in eval mode under ``no_grad``, batched:
-one teacher pass for the clean and the label-consistency inputs (and DUKD's zoom-in tiles,
-which have the LR size; the zoom-out input is smaller and takes a second pass), one history
-pass for all N negatives, one frozen encoder pass for the positive and the negatives (the deep
-part of the encoder and the codebook only on the positive; cut into one image set per call on
-a CPU, where that is faster), and one encoder pass with gradients for the student's output that
-serves both DCR and DMM. Feature-level terms (FAKD, MiPKD) read intermediate maps through
-forward hooks on those same passes: the teacher never runs twice for them.
+This is the one place that says how a step turns a batch into losses. The terms
+(``dckd.terms``) say what they need; the step runs it once for all of them. Frozen networks
+(the teacher, the VQGAN encoder) run in eval mode under ``no_grad``, batched: ONE teacher
+pass for the clean input and every term's extra rows (LCR's augmented copy, DUKD's zoom-in
+tiles), ONE student pass for the clean input and the extra rows of the LR size, layer taps as
+forward hooks on those same passes (FAKD, MiPKD: the teacher never runs twice for them), and
+for the VQGAN encoder ONE frozen pass over the positive and every negative (the codebook
+only on the positive; cut into one image set per call on a CPU, where that is faster) and
+ONE differentiable pass over the student's output that serves DCR and DMM. DCR's history
+pass over all N negatives is the DCR term's own (one pass, in ``gather``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
-from dckd.config import MethodConfig
-from dckd.losses import (
-    LabelConsistencyOps,
-    augment,
-    distribution_loss,
-    dynamic_contrastive_loss,
-    fakd_layers,
-    fakd_loss,
-    revert,
-    tap_outputs,
-)
-from dckd.losses.degradations import StepRng, negative_inputs
-from dckd.losses.mipkd import MiPKDMixer
-from dckd.losses.upcycling import zoom_in_tiles, zoom_out
+from dckd.losses import tap_outputs
+from dckd.losses.degradations import StepRng
 from dckd.models.vqgan import VQGANOutput
+from dckd.terms.base import Term
+
+#: How the VQGAN encoder passes are organised: "shared" (the step's one frozen and one
+#: differentiable pass) or "released" (the authors' structure: per term and per image set;
+#: same values, more work, for ``dckd bench``).
+EncoderStructure = Literal["shared", "released"]
 
 
 @dataclass
 class StepOutput:
     """The weighted total to back-propagate and every term (weighted) for logging."""
 
-    total: torch.Tensor
-    terms: dict[str, torch.Tensor] = field(default_factory=dict)
-    student_out: torch.Tensor | None = None
-    teacher_out: torch.Tensor | None = None
+    total: Tensor
+    terms: dict[str, Tensor] = field(default_factory=dict)
+    student_out: Tensor | None = None
+    teacher_out: Tensor | None = None
 
 
-class DistillationMethod:
-    """Holds the method's config and computes its losses; owns no trainable state.
+class _Rows:
+    """Extra rows of one batched pass: added before it runs, sliced out after."""
 
-    Networks with state of their own (MiPKD's mixer, MCLIR's negatives and VGG) are the
-    engine's, passed in per call like the teacher.
+    def __init__(self, first: Tensor) -> None:
+        self.parts = [first]
+        self.result: Tensor | None = None
+
+    def add(self, x: Tensor) -> int:
+        self.parts.append(x)
+        return len(self.parts) - 1
+
+    def input(self) -> Tensor:
+        return self.parts[0] if len(self.parts) == 1 else torch.cat(self.parts, dim=0)
+
+    def slice(self, slot: int) -> Tensor:
+        assert self.result is not None, "the pass has not run yet"
+        start = sum(p.shape[0] for p in self.parts[:slot])
+        return self.result[start:start + self.parts[slot].shape[0]]
+
+
+class EncoderPasses:
+    """The VQGAN encoder's passes of one step: requests gathered, then run once when first read.
+
+    Terms request the features and/or codebook logits of the anchor (the student's output, with
+    gradients) and the positive (the teacher's output), plus frozen rows of their own (DCR's
+    negatives). ``shared`` runs one frozen pass over ``[positive, *frozen rows]`` and one
+    differentiable pass over the anchor; ``released`` runs what the authors' code runs: per
+    reading, one encoder call per image set.
     """
 
-    def __init__(self, cfg: MethodConfig, frozen_chunk_rows: int | None = None) -> None:
-        self.cfg = cfg
-        self.frozen_chunk_rows = frozen_chunk_rows
-        self._fakd_names: tuple[list[str], list[str]] | None = None
+    def __init__(self, encoder: nn.Module, anchor: Tensor, positive: Tensor, chunk_rows: int | None,
+                 structure: EncoderStructure = "shared") -> None:
+        self.encoder, self.anchor, self.positive = encoder, anchor, positive
+        self.chunk_rows, self.structure = chunk_rows, structure
+        self.b = anchor.shape[0]
+        self._extra: list[Tensor] = []
+        self._codebook = False
+        self._frozen: VQGANOutput | None = None
+        self._anchor: VQGANOutput | None = None
 
-    @property
-    def terms(self) -> list[str]:
-        return self.cfg.enabled_terms
+    def request(self, features: bool = False, codebook: bool = False, frozen_rows: Tensor | None = None) -> int:
+        """Ask for features and/or codebook logits; returns a handle for ``frozen_features``."""
+        assert self._frozen is None, "requests come before the passes run (in Term.gather)"
+        self._codebook = self._codebook or codebook
+        if frozen_rows is None:
+            return -1
+        self._extra.append(frozen_rows)
+        return len(self._extra) - 1
 
-    def compute(
-        self,
-        student: nn.Module,
-        lq: torch.Tensor,
-        gt: torch.Tensor,
-        rng: StepRng,
-        teacher: nn.Module | None = None,
-        history: nn.Module | None = None,
-        vqgan: nn.Module | None = None,
-        *,
-        mixer: MiPKDMixer | None = None,
-        negatives: Sequence[nn.Module] | None = None,
-        vgg: nn.Module | None = None,
-    ) -> StepOutput:
-        cfg = self.cfg
-        b = lq.shape[0]
-        pos = t_lcr = t_tiles = tiles = tile_ops = s_tiles = None
-        s_names, t_names = self._tap_names(student, teacher, mixer)
-        t_taps: dict[str, torch.Tensor] = {}
-        if cfg.needs_teacher:
-            if teacher is None:
-                raise ValueError(f"terms {self.terms} need a teacher")
-            lcr_ops = self._draw_lcr(lq, rng) if cfg.lcr.enabled else None
-            if cfg.dukd.enabled:
-                tiles, tile_ops = self._zoom_in(lq, gt, rng)
-            with tap_outputs(teacher, t_names, "teacher layers") as t_taps:
-                pos, t_lcr, t_tiles = self._teacher_targets(teacher, lq, lcr_ops, tiles)
+    # ----------------------------------------------------------------- reading
+    def anchor_features(self) -> list[Tensor]:
+        if self.structure == "released":
+            return self.encoder(self.anchor).features
+        return self._run()[1].features
 
-        with tap_outputs(student, s_names, "student layers") as s_taps:
-            if tiles is None:
-                out = student(lq)
-            else:  # the clean LR and the augmented tiles share the LR size: one student pass
-                both = student(torch.cat([lq, augment(tiles, tile_ops)], dim=0))
-                out, s_tiles = both[:b], revert(both[b:], tile_ops)
-        terms: dict[str, torch.Tensor] = {}
-        if cfg.rec.enabled:
-            terms["rec"] = cfg.rec.weight * F.l1_loss(out, gt)
-        if cfg.kd.enabled:
-            terms["kd"] = cfg.kd.weight * F.l1_loss(out, pos)
-        if cfg.lcr.enabled:
-            terms["lcr"] = cfg.lcr.weight * F.l1_loss(out, t_lcr)
-        if cfg.needs_vqgan:
-            if vqgan is None:
-                raise ValueError("DCR and DMM need the VQGAN encoder")
-            negs = None
-            if cfg.dcr.enabled:
-                if history is None:
-                    raise ValueError("DCR needs the history model")
-                with torch.no_grad():
-                    neg_in = negative_inputs(lq, cfg.dcr.num_negatives, cfg.dcr.degradation, rng)
-                    negs = history(neg_in)
-            terms.update(self.feature_terms(vqgan, out, pos, negs))
-        if cfg.fakd.enabled:
-            s_layers, t_layers = self._fakd_names or ([], [])
-            terms["fakd"] = cfg.fakd.weight * fakd_loss(
-                [s_taps[n][:b] for n in s_layers], [t_taps[n][:b] for n in t_layers], cfg.fakd.eps
-            )
-        if cfg.mipkd.enabled:
-            assert mixer is not None and teacher is not None and pos is not None
-            l_feat, l_block = mixer.losses(student, teacher, s_taps, t_taps, pos, rng.cpu, rng.device)
-            term = cfg.mipkd.weight * l_feat
-            if l_block is not None and cfg.mipkd.block_weight:
-                term = term + cfg.mipkd.block_weight * l_block
-            terms["mipkd"] = term
-        if cfg.dukd.enabled:
-            assert teacher is not None and t_tiles is not None and s_tiles is not None
-            terms["dukd"] = self._dukd_term(student, teacher, lq, s_tiles, t_tiles)
-        if cfg.mclir.enabled:
-            if not negatives or vgg is None:
-                raise ValueError("MCLIR needs its negative models and the VGG network")
-            from dckd.losses.perceptual import negative_perceptual_distance  # torchvision: only when used
-
+    def positive_features(self) -> list[Tensor]:
+        if self.structure == "released":
             with torch.no_grad():
-                negs = torch.cat([neg(lq) for neg in negatives], dim=0)
-            dist = negative_perceptual_distance(vgg, out, negs, cfg.mclir.layer_weights)
-            terms["mclir"] = -cfg.mclir.weight * dist
-        total = sum(terms.values(), out.new_zeros(()))
-        return StepOutput(total=total, terms=terms, student_out=out, teacher_out=pos)
+                return self.encoder(self.positive).features
+        return [f[:self.b] for f in self._run()[0].features]
 
-    def _tap_names(self, student: nn.Module, teacher: nn.Module | None,
-                   mixer: MiPKDMixer | None) -> tuple[list[str], list[str]]:
-        """Modules whose outputs the student and the teacher pass must keep (FAKD, MiPKD)."""
-        s_names: list[str] = []
-        t_names: list[str] = []
-        if self.cfg.fakd.enabled:
-            if teacher is None:
-                raise ValueError("FAKD needs a teacher")
-            if self._fakd_names is None:
-                f = self.cfg.fakd
-                self._fakd_names = fakd_layers(f.student_layers, f.teacher_layers, student, teacher)
-            s_names += self._fakd_names[0]
-            t_names += self._fakd_names[1]
-        if self.cfg.mipkd.enabled:
-            if mixer is None:
-                raise ValueError("MiPKD needs its mixer (the engine builds it)")
-            s_names += mixer.student_plan.taps
-            t_names += mixer.teacher_plan.taps
-        return s_names, t_names
-
-    def _draw_lcr(self, lq: torch.Tensor, rng: StepRng) -> LabelConsistencyOps:
-        return LabelConsistencyOps.draw(lq.shape[0], self.cfg.lcr.prob, rng.cpu, square=lq.shape[-1] == lq.shape[-2])
-
-    def _zoom_in(self, lq: torch.Tensor, gt: torch.Tensor,
-                 rng: StepRng) -> tuple[torch.Tensor, LabelConsistencyOps]:
-        """DUKD's zoom-in tiles of the GT patch and the label-consistency ops the student sees them with."""
-        scale = gt.shape[-1] // lq.shape[-1]
-        tiles = zoom_in_tiles(gt, scale, self.cfg.dukd.zoom_in_tiles, rng.cpu)
-        ops = LabelConsistencyOps.draw(tiles.shape[0], self.cfg.dukd.lcr_prob, rng.cpu,
-                                       square=tiles.shape[-1] == tiles.shape[-2])
-        return tiles, ops
-
-    @torch.no_grad()
-    def _teacher_targets(
-        self, teacher: nn.Module, lq: torch.Tensor, lcr_ops: LabelConsistencyOps | None,
-        tiles: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Teacher output on the LR input, on its LCR copy (reverted) and on DUKD's tiles, in one pass."""
-        if lcr_ops is None and tiles is None:
-            return teacher(lq), None, None
-        b = lq.shape[0]
-        parts = [lq]
-        if lcr_ops is not None:
-            parts.append(augment(lq, lcr_ops))
-        if tiles is not None:
-            parts.append(tiles)
-        every = teacher(torch.cat(parts, dim=0))
-        t_lcr = revert(every[b:2 * b], lcr_ops) if lcr_ops is not None else None
-        t_tiles = every[len(parts[:-1]) * b:] if tiles is not None else None
-        return every[:b], t_lcr, t_tiles
-
-    def _dukd_term(self, student: nn.Module, teacher: nn.Module, lq: torch.Tensor, s_tiles: torch.Tensor,
-                   t_tiles: torch.Tensor) -> torch.Tensor:
-        """w*L1(S(tiles), T(tiles)) and, with zoom-out, w_pix*L1(S(x_down), x) + w*L1(S(x_down), T(x_down)).
-
-        Part of the step's one summed loss, as the DUKD paper writes it (its code takes a second
-        optimizer step on the upcycled data instead).
-        """
-        cfg = self.cfg
-        loss = cfg.dukd.weight * F.l1_loss(s_tiles, t_tiles)
-        if cfg.dukd.zoom_out:
-            small = zoom_out(lq, s_tiles.shape[-1] // lq.shape[-1])  # tiles have the LR size
+    def frozen_features(self, handle: int) -> list[Tensor]:
+        rows = self._extra[handle]
+        if self.structure == "released":
+            b = self.b
             with torch.no_grad():
-                t_small = teacher(small)
-            s_small = student(small)
-            loss = loss + cfg.rec.weight * F.l1_loss(s_small, lq) + cfg.dukd.weight * F.l1_loss(s_small, t_small)
-        return loss
+                per_set = [self.encoder(rows[k * b:(k + 1) * b]).features for k in range(rows.shape[0] // b)]
+            return [torch.cat([s[level] for s in per_set], dim=0) for level in range(len(per_set[0]))]
+        start = self.b + sum(x.shape[0] for x in self._extra[:handle])
+        return [f[start:start + rows.shape[0]] for f in self._run()[0].features]
 
-    def feature_terms(self, vqgan: nn.Module, anchor: torch.Tensor, pos: torch.Tensor,
-                      negs: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """DCR (Eq. 5) and DMM (Eq. 9) from one frozen and one differentiable encoder pass."""
-        cfg = self.cfg
-        b = anchor.shape[0]
-        dmm_rows = b if cfg.dmm.enabled else 0
-        with torch.no_grad():
-            frozen_in = pos if negs is None else torch.cat([pos, negs], dim=0)
-            frozen = self._frozen_pass(vqgan, frozen_in, dmm_rows, b)
-        anc = vqgan(anchor, codebook_rows=dmm_rows)
-        terms: dict[str, torch.Tensor] = {}
-        if cfg.dcr.enabled:
-            assert negs is not None
-            dcl = dynamic_contrastive_loss(
-                anc.features,
-                [f[:b] for f in frozen.features],
-                [f[b:] for f in frozen.features],
-                cfg.dcr.level_weights,
-                cfg.dcr.eps,
-            )
-            terms["dcr"] = cfg.dcr.weight * dcl
-        if cfg.dmm.enabled:
-            ce = distribution_loss(anc.logits, frozen.logits, cfg.dmm.released_double_softmax)
-            terms["dmm"] = cfg.dmm.weight * ce
-        return terms
+    def anchor_logits(self) -> Tensor:
+        if self.structure == "released":
+            return self.encoder(self.anchor).logits
+        logits = self._run()[1].logits
+        assert logits is not None, "codebook logits were not requested"
+        return logits
 
+    def positive_logits(self) -> Tensor:
+        if self.structure == "released":
+            with torch.no_grad():
+                return self.encoder(self.positive).logits
+        logits = self._run()[0].logits
+        assert logits is not None, "codebook logits were not requested"
+        return logits
 
-    def _frozen_pass(self, vqgan: nn.Module, x: torch.Tensor, codebook_rows: int, b: int):
+    # ----------------------------------------------------------------- the shared passes
+    def _run(self) -> tuple[VQGANOutput, VQGANOutput]:
+        if self._frozen is None or self._anchor is None:
+            rows = self.b if self._codebook else 0
+            with torch.no_grad():
+                frozen_in = torch.cat([self.positive, *self._extra], dim=0) if self._extra else self.positive
+                self._frozen = self._frozen_pass(frozen_in, rows)
+            self._anchor = self.encoder(self.anchor, codebook_rows=rows)
+        return self._frozen, self._anchor
+
+    def _frozen_pass(self, x: Tensor, codebook_rows: int) -> VQGANOutput:
         """The positive and all negatives through the encoder; the codebook only for the positive.
 
         On a GPU this is one batched pass. On a CPU the encoder's high-resolution levels are
@@ -245,41 +146,100 @@ class DistillationMethod:
         rows in chunks of one set (measured with the full-size encoder at 128x128, 2 threads),
         so there it goes one image set (``b`` rows) at a time; the work is the same.
         """
-        rows = self.frozen_chunk_rows or (x.shape[0] if x.device.type != "cpu" else b)
+        b = self.b
+        rows = self.chunk_rows or (x.shape[0] if x.device.type != "cpu" else b)
         if rows >= x.shape[0]:
-            return vqgan(x, codebook_rows=codebook_rows)
-        parts = [vqgan(x[i:i + rows], codebook_rows=min(max(codebook_rows - i, 0), rows))
+            return self.encoder(x, codebook_rows=codebook_rows)
+        parts = [self.encoder(x[i:i + rows], codebook_rows=min(max(codebook_rows - i, 0), rows))
                  for i in range(0, x.shape[0], rows)]
         features = [torch.cat([p.features[level] for p in parts]) for level in range(len(parts[0].features))]
         logits = [p.logits for p in parts if p.logits is not None]
         return VQGANOutput(features=features, logits=torch.cat(logits) if logits else None)
 
 
-class ReleasedStructureMethod(DistillationMethod):
-    """The same losses computed in the structure of the authors' release, for ``dckd bench``.
+class Step:
+    """One batch's passes and what terms read from them.
 
-    The release runs the VQGAN encoder once per image set (the anchor, the positive and each
-    negative set: N + 2 calls) for DCR, and then the full encoder again on the anchor and the
-    positive for DMM. Same values as ``DistillationMethod`` (the bench checks it), more work.
+    Built per step by ``run_step``; terms use ``teacher_rows``/``student_rows``/``tap`` in
+    ``plan``, ``encoder.request`` in ``gather``, and the results in ``loss``.
     """
 
-    def feature_terms(self, vqgan: nn.Module, anchor: torch.Tensor, pos: torch.Tensor,
-                      negs: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        cfg = self.cfg
-        b = anchor.shape[0]
-        terms: dict[str, torch.Tensor] = {}
-        if cfg.dcr.enabled:
-            assert negs is not None
-            f_a = vqgan(anchor).features
-            with torch.no_grad():
-                f_p = vqgan(pos).features
-                per_set = [vqgan(negs[k * b:(k + 1) * b]).features for k in range(negs.shape[0] // b)]
-            f_n = [torch.cat([s[level] for s in per_set], dim=0) for level in range(len(f_a))]
-            dcl = dynamic_contrastive_loss(f_a, f_p, f_n, cfg.dcr.level_weights, cfg.dcr.eps)
-            terms["dcr"] = cfg.dcr.weight * dcl
-        if cfg.dmm.enabled:
-            logits_a = vqgan(anchor).logits
-            with torch.no_grad():
-                logits_p = vqgan(pos).logits
-            terms["dmm"] = cfg.dmm.weight * distribution_loss(logits_a, logits_p, cfg.dmm.released_double_softmax)
-        return terms
+    def __init__(self, lq: Tensor, gt: Tensor, rng: StepRng, student: nn.Module, teacher: nn.Module | None,
+                 encoder: nn.Module | None, chunk_rows: int | None = None,
+                 encoder_structure: EncoderStructure = "shared") -> None:
+        self.lq, self.gt, self.rng = lq, gt, rng
+        self.student, self.teacher, self._encoder_net = student, teacher, encoder
+        self.b = lq.shape[0]
+        self.chunk_rows, self.encoder_structure = chunk_rows, encoder_structure
+        self._teacher_rows = _Rows(lq)
+        self._student_rows = _Rows(lq)
+        self._s_tap_names: list[str] = []
+        self._t_tap_names: list[str] = []
+        self.s_taps: dict[str, Tensor] = {}
+        self.t_taps: dict[str, Tensor] = {}
+        self.out: Tensor | None = None
+        self.teacher_out: Tensor | None = None
+        self._encoder: EncoderPasses | None = None
+
+    # ----------------------------------------------------------------- requests (Term.plan)
+    def teacher_rows(self, x: Tensor) -> int:
+        """Add rows to the step's one teacher pass; read them back with ``teacher_result``."""
+        return self._teacher_rows.add(x)
+
+    def student_rows(self, x: Tensor) -> int:
+        """Add rows of the LR size to the step's one student pass; read with ``student_result``."""
+        return self._student_rows.add(x)
+
+    def tap(self, student: Sequence[str] = (), teacher: Sequence[str] = ()) -> None:
+        """Keep the outputs of these modules from the two passes (in ``s_taps`` / ``t_taps``)."""
+        self._s_tap_names += list(student)
+        self._t_tap_names += list(teacher)
+
+    # ----------------------------------------------------------------- results
+    def teacher_result(self, slot: int) -> Tensor:
+        return self._teacher_rows.slice(slot)
+
+    def student_result(self, slot: int) -> Tensor:
+        return self._student_rows.slice(slot)
+
+    @property
+    def encoder(self) -> EncoderPasses:
+        """The VQGAN encoder passes (anchor: the student's output, positive: the teacher's)."""
+        if self._encoder is None:
+            if self._encoder_net is None or self.out is None or self.teacher_out is None:
+                raise ValueError("the VQGAN encoder passes need the encoder, the student's and the teacher's outputs")
+            self._encoder = EncoderPasses(self._encoder_net, self.out, self.teacher_out, self.chunk_rows,
+                                          self.encoder_structure)
+        return self._encoder
+
+    # ----------------------------------------------------------------- the passes
+    def run_networks(self, with_teacher: bool) -> None:
+        """The one teacher pass (no_grad) and the one student pass, with the requested taps."""
+        if with_teacher:
+            if self.teacher is None:
+                raise ValueError("these terms need a teacher")
+            with torch.no_grad(), tap_outputs(self.teacher, self._t_tap_names, "teacher layers") as t_taps:
+                self._teacher_rows.result = self.teacher(self._teacher_rows.input())
+            self.t_taps = t_taps
+            self.teacher_out = self.teacher_result(0)
+        with tap_outputs(self.student, self._s_tap_names, "student layers") as s_taps:
+            self._student_rows.result = self.student(self._student_rows.input())
+        self.s_taps = s_taps
+        self.out = self.student_result(0)
+
+
+def run_step(terms: Iterable[Term], lq: Tensor, gt: Tensor, rng: StepRng, student: nn.Module,
+             teacher: nn.Module | None = None, encoder: nn.Module | None = None, *,
+             chunk_rows: int | None = None, encoder_structure: EncoderStructure = "shared") -> StepOutput:
+    """Every term's loss for one batch: plan, the shared passes, gather, losses (registry order)."""
+    terms = list(terms)
+    step = Step(lq, gt, rng, student, teacher, encoder, chunk_rows, encoder_structure)
+    for term in terms:
+        term.plan(step)
+    step.run_networks(with_teacher=any(t.needs_teacher for t in terms))
+    for term in terms:
+        term.gather(step)
+    losses = {term.name: term.loss(step) for term in terms}
+    assert step.out is not None
+    total = sum(losses.values(), step.out.new_zeros(()))
+    return StepOutput(total=total, terms=losses, student_out=step.out, teacher_out=step.teacher_out)
