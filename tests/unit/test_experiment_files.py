@@ -16,6 +16,9 @@ published numbers of the table files are spot-checked against the paper's tables
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -549,3 +552,53 @@ def test_paper_tables_plan_scaled_down(photos_root: Path, monkeypatch: pytest.Mo
     for group in groups:
         planned = reproduction.plan(group, scale_down=0.001, overrides=NO_WEIGHTS, tables_dir=TABLES)
         assert planned and all(c.cfg.train.iterations < 1000 for c in planned if c.cell.kind == "train")
+
+
+def test_configs_tables_and_sweeps_validate_without_torch(tmp_path: Path, in_workdir: Path) -> None:
+    """Loading every experiment, table (each cell resolved) and sweep file imports no torch, taming or ray."""
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for name in {f for f, _ in OFFICIAL_TEACHERS.values()} | {"vqgan_imagenet_f16_1024.ckpt", "vgg16-397923af.pth"}:
+        (weights / name).write_bytes(b"")
+    script = f"""
+import sys
+from pathlib import Path
+from dckd.config import load_config
+from dckd.config.sweep import load_sweep
+from dckd.reporting.tables import read_table
+for p in {[str(p) for p in PAPER_CONFIGS]!r}:
+    load_config(p)
+cells = 0
+for p in {[str(p) for p in TABLE_FILES if p.parent == TABLES]!r}:
+    table = read_table(p)
+    for cell in table.spec.cells:
+        table.cell_config(cell)
+        cells += 1
+for p in sorted(Path({str(EXPERIMENTS / "sweeps")!r}).glob("*.yaml")):
+    load_sweep(p)
+heavy = sorted({{"torch", "taming", "ray", "torchvision", "mlflow"}} & set(sys.modules))
+print(cells, heavy)
+assert not heavy, heavy
+"""
+    env = {**os.environ, "DCKD_WEIGHTS_ROOT": str(weights)}
+    done = subprocess.run([sys.executable, "-c", script], cwd=in_workdir, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert int(done.stdout.split()[0]) > 20
+
+
+def test_cross_section_checks_fail_at_load_time_naming_the_field(in_workdir: Path) -> None:
+    """Constraints a term has against the rest of the experiment fail when the file is read."""
+    base = str(PAPER / "rcan_x4.yaml")
+    with pytest.raises(ConfigError, match=r"rcan_x4.yaml: method.dukd.zoom_in_tiles: at most scale\*\*2 = 16"):
+        load_config(base, [*NO_WEIGHTS, "method.dukd.enabled=true", "method.dukd.zoom_in_tiles=17"])
+    with pytest.raises(ConfigError, match=r"rcan_x4.yaml: method.dukd.zoom_out: data.train.lq_patch 47 is not"):
+        load_config(base, [*NO_WEIGHTS, "method.dukd.enabled=true", "method.dukd.zoom_out=true",
+                           "data.train.lq_patch=47"])
+    with pytest.raises(ConfigError, match=r"method.dcr.level_weights: 2 entries but the VQGAN encoder has 5"):
+        load_config(base, [*NO_WEIGHTS, "method.dcr.level_weights=[1, 1]"])
+    with pytest.raises(ConfigError, match=r"method.mipkd: student \(swinir\) and teacher \(rcan\) must share"):
+        load_config(base, [*NO_WEIGHTS, "method.preset=mipkd", "student.preset=swinir_x4_student",
+                           "student.checkpoint=null"])
+    with pytest.raises(ConfigError, match=r"method.fakd.student_layers: 'auto' needs one backbone"):
+        load_config(base, [*NO_WEIGHTS, "method.preset=fakd", "student.preset=swinir_x4_student",
+                           "student.checkpoint=null"])

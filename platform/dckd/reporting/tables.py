@@ -31,10 +31,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from dckd.config import ExperimentConfig, load_config
+from dckd.config import ExperimentConfig, load_config, load_model_file
 from dckd.errors import ConfigError
 
 TABLES_DIR = Path("experiments") / "tables"
@@ -123,16 +122,7 @@ class LoadedTable(BaseModel):
 
 def read_table(path: str | Path) -> LoadedTable:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: table file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-        return LoadedTable(spec=TableSpec.model_validate(raw), path=path)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    except ValidationError as exc:
-        lines = [f"{path}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError("\n".join(lines)) from None
+    return LoadedTable(spec=load_model_file(path, TableSpec, kind="table"), path=path)
 
 
 def find_tables(name: str, tables_dir: str | Path = TABLES_DIR) -> list[LoadedTable]:
