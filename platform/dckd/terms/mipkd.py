@@ -65,6 +65,8 @@ class MiPKD(Term):
         s, t = _backbones(experiment)
         if t is not None and s != t:
             return [f"method.mipkd: student ({s}) and teacher ({t}) must share a backbone"]
+        if s not in ("rcan", "swinir"):  # the stage definitions of losses/mipkd.py
+            return [f"method.mipkd: no stage definitions for backbone {s!r} (supported: rcan, swinir)"]
         return []
 
     def plan(self, step: Any) -> None:
