@@ -1,4 +1,4 @@
-"""Loss terms, each one idea in one place; ``dckd.training.step`` composes them from the config."""
+"""The math of the loss terms, each one idea in one place; the terms (``dckd.terms``) call it."""
 
 from dckd.losses.contrastive import dynamic_contrastive_loss
 from dckd.losses.distribution import distribution_loss

@@ -5,7 +5,7 @@
 * Zoom-out: the LR patch downscaled once more by 1/s with MATLAB bicubic, so the LR patch itself
   becomes the GT of a new pair (the same degradation that made the benchmark LR images).
 
-Both are pure tensor functions; the DUKD losses around them live in ``dckd.training.step``.
+Both are pure tensor functions; the DUKD term around them lives in ``dckd.terms.dukd``.
 """
 
 from __future__ import annotations
