@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -124,12 +125,14 @@ class RunTracker:
             raise RuntimeError("RunTracker.start() must be called before logging")
         return self.enabled
 
-    def start(self) -> str | None:
-        """Create the run, or resume it when ``run_id`` names one; returns the run id (None when off)."""
+    def start(self, run_id: str | None = None) -> str | None:
+        """Create the run, or resume it when ``run_id`` (else the one given at construction) names one;
+        returns the run id (None when off). A training loop passes the id its checkpoint carries."""
         if not self.enabled:
             return None
         if self.active:
             return self.run_id
+        self.run_id = run_id or self.run_id
         from mlflow.exceptions import MlflowException
 
         with rng_untouched():
@@ -247,16 +250,28 @@ class RunTracker:
         with rng_untouched():
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def log_checkpoint(self, path: str | Path, artifact_path: str = "checkpoints") -> bool:
-        """Upload a training checkpoint unless its stored config holds a credential (it cannot be masked
-        inside the binary without breaking the config); returns whether it was uploaded."""
+    def log_checkpoint(self, path: str | Path, artifact_path: str = "checkpoints", name: str | None = None) -> bool:
+        """Upload a training checkpoint (as ``<artifact_path>/<name>``, by default the file's name) unless its
+        stored config holds a credential (it cannot be masked inside the binary without breaking the
+        config); returns whether it was uploaded."""
         if not self._on():
             return False
+        path = Path(path)
         if contains_secret(self.cfg.to_yaml()):
             log.warning("checkpoint %s not uploaded to MLflow: its stored config contains the value of a "
-                        "secret environment variable", Path(path).name)
+                        "secret environment variable", name or path.name)
             return False
-        self.log_artifact(path, artifact_path)
+        if name is None or name == path.name:
+            self.log_artifact(path, artifact_path)
+            return True
+        # MLflow names an artifact after its file: link (or copy) it under the wanted name.
+        with tempfile.TemporaryDirectory(prefix="dckd-ckpt-", dir=path.parent) as tmp:
+            renamed = Path(tmp) / name
+            try:
+                os.link(path, renamed)
+            except OSError:
+                shutil.copyfile(path, renamed)
+            self.log_artifact(renamed, artifact_path)
         return True
 
     def log_samples(

@@ -1,24 +1,35 @@
-"""The in-process training loop behind ``dckd train --local``: data, progress, validation, checkpoints.
+"""The training loop, one for every run: ``dckd train --local`` and each Ray Train worker run it.
 
-Run directory layout (``output_dir``)::
+:func:`run_training` resumes the engine, trains, validates, writes the run directory and talks to
+MLflow; what differs between a local and a Ray run is the :class:`~dckd.training.reporters.Reporter`
+passed in (progress and checkpoints) and the engine (device, DDP). Rank 0, or the local process,
+validates, writes the run directory and tracks; the other ranks only train and report.
+
+Run directory layout (``output_dir``), the same for both::
 
     config.yaml              the validated configuration, as run
     metrics.jsonl            one JSON object per log line and per validation
-    checkpoints/iter_*.pt    full training state (resume continues exactly)
     student.pth              final weights in BasicSR format (params, params_ema)
-    summary.json             final validation and the run's notes
+    summary.json             final validation and test scores and the run's notes
+
+A local run keeps its checkpoints there too (``checkpoints/iter_*.pt``: full training state,
+resume continues exactly). A Ray run keeps them in Ray's storage path instead (``ray.storage_path``,
+by default ``<output_dir>/ray``), where ``ray.train.get_checkpoint()`` finds them after a worker
+failure or a rerun, and where they may be on S3, off this machine.
 
 With ``tracking.enabled`` the run is also an MLflow run (``dckd.tracking``): params and the config
-once, metrics at each log line and validation, sample restorations at each validation, and at the
-end the final checkpoint and the EMA student, registered under ``tracking.alias``. Its id is kept
-in every checkpoint, so a resumed run continues the same MLflow run.
+once, metrics at each log line and validation, sample restorations at each validation, and, when
+this call finishes the run, the test scores, ``summary.json``, the final checkpoint (as
+``checkpoints/iter_*.pt``) and the EMA student (input example: the last training batch's first
+input), registered under ``tracking.alias``. Its id is kept in every checkpoint, so a resumed run
+continues the same MLflow run. A run resumed after it had finished trains, tests and logs nothing
+again; its summary keeps the scores it had.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -35,29 +46,20 @@ from dckd.data.specs import benchmark_sets, train_pairs
 from dckd.evaluation.benchmarks import evaluate_sets, protocol_for
 from dckd.tracking import RunTracker, collect_samples
 from dckd.training.engine import Engine
+from dckd.training.reporters import (
+    LocalReporter,
+    Reporter,
+    checkpoint_name,
+    checkpoint_path,
+    latest_checkpoint,
+)
+
+__all__ = [
+    "checkpoint_path", "latest_checkpoint", "make_loader", "run_training", "test_and_log", "train_local",
+    "training_stages", "validate_and_log", "window_record",
+]
 
 log = logging.getLogger("dckd")
-
-_CKPT = re.compile(r"^iter_(\d+)\.pt$")
-
-
-def checkpoint_path(run_dir: Path, iteration: int) -> Path:
-    return run_dir / "checkpoints" / f"iter_{iteration:09d}.pt"
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    folder = run_dir / "checkpoints"
-    if not folder.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT.match(p.name))]
-    return max(found)[1] if found else None
-
-
-def _prune(run_dir: Path, keep: int) -> None:
-    folder = run_dir / "checkpoints"
-    found = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT.match(p.name)))
-    for _, p in found[:-keep]:
-        p.unlink(missing_ok=True)
 
 
 def training_stages(cfg: ExperimentConfig) -> list[Stage]:
@@ -91,16 +93,6 @@ def make_loader(cfg: ExperimentConfig, start_iter: int, end_iter: int, rank: int
     )
 
 
-class JsonlWriter:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(self, record: dict[str, Any]) -> None:
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
-
-
 def train_local(
     cfg: ExperimentConfig,
     resume: bool = True,
@@ -115,90 +107,155 @@ def train_local(
     its MLflow run is then marked KILLED until a resume continues it. ``tracking_uri`` overrides
     the config's (see :func:`dckd.tracking.resolve_tracking_uri`).
     """
-    run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
     engine = Engine(cfg, notes=lambda msg: print(f"note: {msg}", file=sys.stderr, flush=True))
-    latest = latest_checkpoint(run_dir) if resume else None
-    if latest is not None:
-        engine.load(latest)
-        print(f"resuming from {latest} (iteration {engine.iteration})", file=sys.stderr)
-    start_iter = engine.iteration
-    tracker = RunTracker(cfg, tracking_uri=tracking_uri, run_id=engine.extra.get("mlflow_run_id"))
-    run_id = tracker.start()
-    if run_id is not None:
+    return run_training(cfg, engine, LocalReporter(cfg, resume=resume, progress=progress),
+                        RunTracker(cfg, tracking_uri=tracking_uri), stop_at=stop_at, on_log=on_log)
+
+
+def run_training(
+    cfg: ExperimentConfig,
+    engine: Engine,
+    reporter: Reporter,
+    tracker: RunTracker | None = None,
+    stop_at: int | None = None,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Resume, train to ``train.iterations`` (or ``stop_at``), validate, test; returns the run's summary.
+
+    ``tracker`` is used on rank 0 only (other ranks may pass None); it is started here, after
+    resuming, so that it continues the MLflow run whose id the checkpoint carries.
+    """
+    chief = reporter.rank == 0
+    tracker = tracker if chief else None
+    reporter.resume(engine)
+    if chief:
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        (cfg.run_dir / "config.yaml").write_text(cfg.to_yaml())
+    if tracker is not None and (run_id := tracker.start(engine.extra.get("mlflow_run_id"))) is not None:
         engine.extra["mlflow_run_id"] = run_id
     try:
-        summary = _train(cfg, engine, tracker, run_dir, start_iter, stop_at, progress, on_log)
+        summary = _train(cfg, engine, reporter, tracker, stop_at, on_log)
     except BaseException as exc:
-        tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        if tracker is not None:
+            tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
-    tracker.end("FINISHED" if summary["finished"] else "KILLED")
+    finally:
+        reporter.close()
+    if tracker is not None:
+        tracker.end("FINISHED" if summary["finished"] else "KILLED")
     return summary
 
 
-def _train(cfg: ExperimentConfig, engine: Engine, tracker: RunTracker, run_dir: Path, start_iter: int,
-           stop_at: int | None, progress: bool,
-           on_log: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
-    tracker.log_params_once()
-    tracker.log_config()
-    total = cfg.train.iterations
+def _train(cfg: ExperimentConfig, engine: Engine, reporter: Reporter, tracker: RunTracker | None,
+           stop_at: int | None, on_log: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    chief = reporter.rank == 0
+    start_iter, total = engine.iteration, cfg.train.iterations
     end = min(total, stop_at) if stop_at is not None else total
-    metrics = JsonlWriter(run_dir / "metrics.jsonl")
-    vals = benchmark_sets(cfg, "val")
+    finishes = start_iter < total <= end  # this call takes the run to its last iteration
+    if tracker is not None:
+        tracker.log_params_once()
+        tracker.log_config()
+    log_file = JsonlWriter(cfg.run_dir / "metrics.jsonl") if chief else None
+    vals = benchmark_sets(cfg, "val") if chief else []
     protocol = protocol_for(cfg)
-    bar = _progress(engine.iteration, end, cfg.name, enabled=progress)
+
+    def upload_final(path: Path) -> None:
+        if tracker is not None and finishes and engine.iteration == total:
+            tracker.log_checkpoint(path, name=checkpoint_name(total))
+
     window: list[dict[str, torch.Tensor]] = []
-    tic = time.perf_counter()
+    last: dict[str, float] = {}  # what the reporter passes on (Ray, Tune): the newest of everything
     last_val: dict[str, Any] = {}
     example: torch.Tensor | None = None
-    for batch in make_loader(cfg, engine.iteration, end):
+    reporter.begin(start_iter, end)
+    tic = time.perf_counter()
+    for batch in make_loader(cfg, start_iter, end, rank=reporter.rank):
+        reporter.before_step(engine.iteration + 1)
         terms = engine.train_step(batch["lq"], batch["gt"])
         example = batch["lq"][:1]
         window.append({**terms, "_images": torch.tensor(float(batch["lq"].shape[0]))})
         t = engine.iteration
-        bar.update(1)
+        record = None
         if t % cfg.train.log_every == 0 or t == end:
-            record = window_record(window, engine, time.perf_counter() - tic)
-            metrics.write({"kind": "train", "iter": t, **record})
-            bar.set_postfix(loss=f"{record['total']:.4f}")
-            if on_log:
-                on_log({"kind": "train", "iter": t, **record})
-            tracker.log_metrics(record, step=t)
+            record = window_record(window, engine, time.perf_counter() - tic, world_size=reporter.world_size)
+            last.update(record)
+            if log_file is not None:
+                log_file.write({"kind": "train", "iter": t, **record})
+                if on_log:
+                    on_log({"kind": "train", "iter": t, **record})
+            if tracker is not None:
+                tracker.log_metrics(record, step=t)
             window, tic = [], time.perf_counter()
-        if vals and (t % cfg.train.val_every == 0 or t == total):
+        is_val = t % cfg.train.val_every == 0 or t == total
+        is_ckpt = t % cfg.train.ckpt_every == 0 or t == end
+        if is_val and vals:
             last_val = validate_and_log(engine, vals, protocol, tracker)
-            metrics.write({"kind": "val", "iter": t, **_flatten(last_val)})
-            bar.write(f"[{cfg.name}] iter {t}: " + ", ".join(
-                f"{name} {m['psnr']:.2f} dB / {m['ssim']:.4f}" for name, m in last_val.items()), file=sys.stderr)
-        if t % cfg.train.ckpt_every == 0 or t == end:
-            engine.save(checkpoint_path(run_dir, t))
-            _prune(run_dir, cfg.train.keep_checkpoints)
-    bar.close()
-    summary = {
+            last.update({f"val/{k}": v for k, v in _flatten(last_val).items()})
+            last["val_psnr"] = last_val[vals[0][0]]["psnr"]  # the first set: what Tune schedules on
+            if log_file is not None:
+                log_file.write({"kind": "val", "iter": t, **_flatten(last_val)})
+            reporter.message(f"[{cfg.name}] iter {t}: {_scores(last_val)}")
+        if is_val or is_ckpt:
+            reporter.report(engine, {"iteration": t, **last}, checkpoint=is_ckpt, on_saved=upload_final)
+        reporter.after_step(t, record)
+    summary = _summary(cfg, engine, last_val)
+    if chief:
+        _close_run(cfg, engine, reporter, tracker, summary, finishes, example)
+    return summary
+
+
+def _close_run(cfg: ExperimentConfig, engine: Engine, reporter: Reporter, tracker: RunTracker | None,
+               summary: dict[str, Any], finishes: bool, example: torch.Tensor | None) -> None:
+    """Rank 0 after the last step: final weights, the test once, summary.json, the student to MLflow.
+
+    A run that had finished before this call keeps the val and test scores of its summary.
+    """
+    run_dir, total = cfg.run_dir, cfg.train.iterations
+    previous = _read_summary(run_dir) if engine.iteration >= total and not finishes else {}
+    if not summary["val"] and "val" in previous:
+        summary["val"] = previous["val"]
+    if engine.iteration >= total:
+        engine.export_weights(run_dir / "student.pth")
+    if finishes and cfg.data.test:
+        summary["test"] = test_and_log(engine.eval_model(), cfg, engine.device, tracker, engine.teacher)
+        reporter.message(f"[{cfg.name}] test: {_scores(summary['test'])}")
+    elif "test" in previous:
+        summary["test"] = previous["test"]
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if tracker is not None and finishes:
+        assert example is not None  # finishing the run took at least one step
+        tracker.log_text((run_dir / "summary.json").read_text(), "summary.json")
+        tracker.log_student(engine.ema, example, cfg.tracking.registered_name(cfg.name), cfg.tracking.alias)
+
+
+def _summary(cfg: ExperimentConfig, engine: Engine, val: dict[str, Any]) -> dict[str, Any]:
+    return {
         "name": cfg.name,
         "iteration": engine.iteration,
-        "finished": engine.iteration >= total,
-        "val": last_val,
+        "finished": engine.iteration >= cfg.train.iterations,
+        "val": val,
         "vqgan_pretrained": engine.vqgan_pretrained,
         "notes": engine.notes,
         "mlflow_run_id": engine.extra.get("mlflow_run_id"),
     }
-    if engine.iteration >= total:
-        engine.export_weights(run_dir / "student.pth")
-        if start_iter < total and cfg.data.test:
-            summary["test"] = test_and_log(engine.eval_model(), cfg, engine.device, tracker, engine.teacher)
-            print(f"[{cfg.name}] test: " + ", ".join(f"{name} {m['psnr']:.2f} dB / {m['ssim']:.4f}"
-                                                     for name, m in summary["test"].items()), file=sys.stderr)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    if tracker.enabled and start_iter < total <= engine.iteration:  # this call finished the run
-        tracker.log_checkpoint(checkpoint_path(run_dir, engine.iteration))
-        tracker.log_text((run_dir / "summary.json").read_text(), "summary.json")
-        if example is None:
-            example = torch.zeros(1, 3, cfg.data.train.lq_patch, cfg.data.train.lq_patch)
-        tracker.log_student(engine.ema, example, cfg.tracking.registered_name(cfg.name),
-                            cfg.tracking.alias)
-    return summary
+
+
+def _read_summary(run_dir: Path) -> dict[str, Any]:
+    """The summary a finished run wrote, so that resuming it again keeps its scores."""
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+class JsonlWriter:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
 
 
 def window_record(window: list[dict[str, torch.Tensor]], engine: Engine, elapsed: float,
@@ -251,8 +308,5 @@ def _flatten(val: dict[str, dict[str, float]]) -> dict[str, float]:
     return {f"{name}/{k}": v for name, m in val.items() for k, v in m.items() if k in ("psnr", "ssim")}
 
 
-def _progress(start: int, end: int, name: str, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=end, initial=start, desc=name, unit="it", disable=not enabled,
-                dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
+def _scores(results: dict[str, dict[str, float]]) -> str:
+    return ", ".join(f"{name} {m['psnr']:.2f} dB / {m['ssim']:.4f}" for name, m in results.items())
