@@ -41,8 +41,7 @@ class BenchCase:
 
 def bench_config(case: BenchCase, data_dir: str):
     """An experiment config for a benchmark case (random weights: speed does not depend on them)."""
-    from dckd.config import load_config
-    from dckd.config import VQGANSpec
+    from dckd.config import VQGANSpec, load_config
 
     teacher, student, scale = PAIRS[case.pair]
     preset = {"released": "dckd"}.get(case.method, case.method)

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 
-
 def frozen_copy(model: nn.Module) -> nn.Module:
     """A deep copy that never trains: eval mode, no gradients."""
     clone = copy.deepcopy(model)

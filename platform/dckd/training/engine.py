@@ -29,7 +29,14 @@ from dckd.reporting.describe import batch_note
 from dckd.terms.base import Term, TermSetup
 from dckd.terms.registry import TERMS
 from dckd.training.averaging import blend_into, frozen_copy
-from dckd.training.checkpoint import CHECKPOINT_FORMAT, atomic_save, capture_rng, restore_rng, safe_load, upgrade
+from dckd.training.checkpoint import (
+    CHECKPOINT_FORMAT,
+    atomic_save,
+    capture_rng,
+    restore_rng,
+    safe_load,
+    upgrade,
+)
 from dckd.training.schedules import lr_at
 from dckd.training.step import EncoderStructure, StepOutput, run_step
 
