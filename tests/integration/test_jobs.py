@@ -68,7 +68,14 @@ def test_job_submit_runs_a_tiny_training(tmp_path: Path, hr_folder: Path) -> Non
                sys.executable, "-m", "trainers.train", str(ROOT / "experiments" / "smoke.yaml")]
         for o in overrides:
             cmd += ["--set", o]
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420, cwd=ROOT)
+        # `ray start` returns before the head's dashboard agent has registered; until it has, the
+        # job server refuses submissions ("No available agent ... try again later") and runs nothing.
+        deadline = time.monotonic() + 90
+        while True:
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=420, cwd=ROOT)
+            if "No available agent to submit job" not in out.stdout + out.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(2)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         assert "succeeded" in (out.stdout + out.stderr).lower()
         assert (tmp_path / "run" / "student.pth").is_file()
