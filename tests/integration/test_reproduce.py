@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 SCALE_DOWN = 1.2e-5
 # No weights can be downloaded here: the Table 1 networks and the VQGAN start from random weights.
 CPU_RUN = ["teacher.checkpoint=null", "vqgan.checkpoint=null", "ray.use_gpu=false", "ray.num_workers=1",
-           "data.train.num_workers=0", "train.device=cpu", "train.threads=1"]
+           "data.train.num_workers=0", "train.device=cpu", "train.threads=1",
+           "tracking.samples=0"]  # sample panels (a teacher pass on whole images) are tested elsewhere
 
 
 @pytest.fixture(scope="module")
