@@ -10,6 +10,9 @@ import yaml
 
 from dckd import bench
 from dckd.cli import main
+from dckd.config import load_config
+from dckd.imageio import read_image
+from dckd.training.loop import latest_checkpoint, train_local
 from tests.conftest import tiny_config_dict
 
 
@@ -109,3 +112,19 @@ def test_bench_report_on_tiny_pair(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     assert report["loss_relative_difference"] <= 1e-5
     assert report["dckd_step_ms"] == report["dckd_n5_step_ms"]
     assert "released structure" in bench.format_table(report)
+
+
+def test_restore_refuses_to_overwrite_its_inputs(tmp_path: Path, hr_folder: Path, capsys: pytest.CaptureFixture) -> None:
+    """``restore IMG IMG`` and ``restore DIR DIR`` would replace the inputs: refused unless --overwrite."""
+    cfg = load_config(data=tiny_config_dict(hr_folder, tmp_path / "run", method="scratch", iterations=1))
+    train_local(cfg, progress=False)
+    ckpt = str(latest_checkpoint(cfg.run_dir))
+    before = {p.name: p.read_bytes() for p in hr_folder.iterdir()}
+    image = hr_folder / "img0.png"
+    for args in ([str(image), str(image)], [str(hr_folder), str(hr_folder)], [str(image), str(hr_folder)]):
+        assert main(["restore", "--checkpoint", ckpt, *args, "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert "img0.png: the output would overwrite an input image" in err and "--overwrite" in err, err
+    assert {p.name: p.read_bytes() for p in hr_folder.iterdir()} == before  # nothing was written
+    assert main(["restore", "--checkpoint", ckpt, str(image), str(image), "--device", "cpu", "--overwrite"]) == 0
+    assert read_image(image).shape == (128, 128, 3)  # x2: the input was replaced by its restoration

@@ -162,3 +162,13 @@ def test_not_a_mapping_and_bad_yaml(tmp_path: Path) -> None:
         load_config(path)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("override", ["method.dcr.weight=.inf", "method.rec.weight=.nan", "optim.lr=.inf",
+                                      "method.dcr.level_weights=[1, 1, 1, 1, .inf]"])
+def test_non_finite_weights_are_refused(tmp_path: Path, override: str) -> None:
+    """An inf weight passed validation and trained 44 of 48 student tensors to NaN; now it fails at load."""
+    data = tiny_config_dict(tmp_path, tmp_path / "run")
+    field = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"{field}(\.4)?: Input should be a finite number"):
+        load_config(data=data, overrides=[override])

@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--tile", type=int, default=128, help="tile side in input pixels; 0 restores whole images")
     p.add_argument("--overlap", type=int, default=16, help="overlap of neighbouring tiles in input pixels")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow an output path that is one of the inputs (the input image is replaced)")
     p.set_defaults(func=run)
 
 
@@ -73,12 +75,25 @@ def _jobs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
     return [(src, dst)]
 
 
+def refuse_overwriting_inputs(jobs: list[tuple[Path, Path]], overwrite: bool) -> None:
+    """An output that is one of the inputs would destroy it: refused before any work, unless asked for."""
+    if overwrite:
+        return
+    inputs = {src.resolve() for src, _ in jobs}
+    clash = [dst for _, dst in jobs if dst.resolve() in inputs]
+    if clash:
+        more = f" ({len(clash) - 1} more outputs would overwrite theirs)" if len(clash) > 1 else ""
+        raise ConfigError(f"{clash[0]}: the output would overwrite an input image{more}; choose another output "
+                          "(or give --overwrite to replace the inputs with their restorations)")
+
+
 def run(args: argparse.Namespace) -> int:
     from dckd.evaluation.restore import restore_image
     from dckd.imageio import read_image, write_image
     from dckd.training.engine import resolve_device
 
     jobs = _jobs(Path(args.input), Path(args.output))
+    refuse_overwriting_inputs(jobs, args.overwrite)
     if args.tile < 0 or args.overlap < 0 or (args.tile > 0 and 2 * args.overlap >= args.tile):
         raise ConfigError(f"--overlap must be less than half of --tile (got {args.overlap} and {args.tile})")
     if args.model:

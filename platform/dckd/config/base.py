@@ -16,7 +16,8 @@ def _must_exist(value: str) -> str:
 
 
 ExistingPath = Annotated[str, AfterValidator(_must_exist)]
-NonNegative = Annotated[float, Field(ge=0.0)]
+#: A weight or coefficient: finite and >= 0 (an ``inf`` weight would train the student to NaN).
+NonNegative = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 
 
 class Strict(BaseModel):

@@ -11,7 +11,7 @@ from dckd.config.base import NonNegative, Strict
 
 class OptimConfig(Strict):
     name: Literal["adam", "adamw"] = "adam"
-    lr: float = Field(default=1e-4, gt=0.0)
+    lr: float = Field(default=1e-4, gt=0.0, allow_inf_nan=False)
     betas: tuple[float, float] = (0.9, 0.99)
     eps: float = Field(default=1e-8, gt=0.0)
     weight_decay: NonNegative = 0.0
