@@ -128,3 +128,25 @@ def test_restore_refuses_to_overwrite_its_inputs(tmp_path: Path, hr_folder: Path
     assert {p.name: p.read_bytes() for p in hr_folder.iterdir()} == before  # nothing was written
     assert main(["restore", "--checkpoint", ckpt, str(image), str(image), "--device", "cpu", "--overwrite"]) == 0
     assert read_image(image).shape == (128, 128, 3)  # x2: the input was replaced by its restoration
+
+
+def test_fresh_run_sets_the_earlier_run_aside(tmp_path: Path, hr_folder: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--fresh`` in a run directory with a longer earlier run: the two are never mixed."""
+    cfg = write_config(tmp_path, hr_folder, iterations=4, val_every=100, ckpt_every=2, log_every=2)
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--local", "--no-progress"]) == 0
+    old = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()}
+    assert sorted(old) == ["iter_000000002.pt", "iter_000000004.pt"]
+    capsys.readouterr()
+
+    assert main(["train", str(cfg), "--local", "--no-progress", "--fresh", "--set", "train.iterations=2"]) == 0
+    out = capsys.readouterr()
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.before-")]
+    assert len(aside) == 1 and f"moved to {aside[0]}" in out.err
+    assert {p.name: p.read_bytes() for p in (aside[0] / "checkpoints").iterdir()} == old  # kept whole
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["iter_000000002.pt"]  # not pruned
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in rows if r["kind"] == "train"] == [2]  # no rows of the earlier run
+    # A plain rerun now continues the fresh run (finished at 2), not the earlier one.
+    assert main(["train", str(cfg), "--local", "--no-progress", "--set", "train.iterations=2"]) == 0
+    assert json.loads(capsys.readouterr().out)["iteration"] == 2

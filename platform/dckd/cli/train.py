@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--local", action="store_true",
                    help="run in this process (no Ray); default: Ray Train workers (config section 'ray')")
     p.add_argument("--fresh", action="store_true",
-                   help="ignore checkpoints already in the run directory instead of resuming from them")
+                   help="start a new run instead of resuming: an earlier run in the run directory is moved aside "
+                   "(renamed <dir>.before-<time>), never mixed with the new one")
     p.add_argument("--check", action="store_true", help="validate the config, print it and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.add_argument("--tracking-uri", default=None,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -101,7 +102,10 @@ class LocalReporter(Reporter):
         self._bar: Any = None
 
     def resume(self, engine: Engine) -> None:
-        latest = latest_checkpoint(self.run_dir) if self.resume_enabled else None
+        if not self.resume_enabled:
+            self._set_aside_earlier_run()
+            return
+        latest = latest_checkpoint(self.run_dir)
         if latest is not None:
             engine.load(latest)
             self.message(f"resuming from {latest} (iteration {engine.iteration})")
@@ -114,6 +118,23 @@ class LocalReporter(Reporter):
         prune_checkpoints(self.run_dir, self.keep)
         if on_saved is not None:
             on_saved(path)
+
+    def _set_aside_earlier_run(self) -> None:
+        """A fresh run starts in an empty run directory: an earlier run's files are moved aside, whole.
+
+        Mixing them would be lost work: the new run's checkpoints sort below the old ones and are
+        pruned as soon as they are written, and its log lines append to the old ``metrics.jsonl``.
+        """
+        if not self.run_dir.is_dir() or not any(self.run_dir.iterdir()):
+            return
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.run_dir.with_name(f"{self.run_dir.name}.before-{stamp}")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.run_dir.with_name(f"{self.run_dir.name}.before-{stamp}-{n}")
+        self.run_dir.rename(aside)
+        self.message(f"fresh run: the earlier run in {self.run_dir} was moved to {aside}")
 
     def begin(self, start: int, end: int) -> None:
         from tqdm import tqdm
