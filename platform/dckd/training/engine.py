@@ -88,21 +88,21 @@ class Engine:
         torch.manual_seed(cfg.seed)
         self.student = build_network(cfg.student, cfg.scale).to(self.device)
         self.ema = frozen_copy(self.student)
-        classes = [TERMS[name] for name in cfg.method.enabled_terms]
 
         self.teacher: nn.Module | None = None
-        if any(c.needs_teacher for c in classes):
+        if cfg.method.needs_teacher:
             assert cfg.teacher is not None
             self.teacher = frozen_copy(build_network(cfg.teacher, cfg.scale)).to(self.device)
             if cfg.teacher.checkpoint is None:
                 self.note("teacher has no checkpoint: it distils from randomly initialised weights")
         self.vqgan: VQGANFeatures | None = None
-        if any(c.needs_encoder for c in classes):
+        if cfg.method.needs_vqgan:
             self.vqgan = VQGANFeatures.from_spec(cfg.vqgan, log=self.note).to(self.device)
 
         setup = TermSetup(experiment=cfg, device=self.device, student=self.student, teacher=self.teacher,
                           note=self.note, build_student=lambda: build_network(cfg.student, cfg.scale))
-        self.terms: dict[str, Term] = {c.name: c.build(cfg.method.term(c.name), setup) for c in classes}
+        self.terms: dict[str, Term] = {name: TERMS[name].build(cfg.method.term(name), setup)
+                                      for name in cfg.method.enabled_terms}
         #: "released" runs the VQGAN passes in the authors' structure (``dckd bench`` only).
         self.encoder_structure: EncoderStructure = "shared"
 
@@ -130,7 +130,7 @@ class Engine:
         """Adam(W) over the student and, in a group of its own each, every term's trainables."""
         o = self.cfg.optim
         params: list[Any] = [p for p in self.student.parameters() if p.requires_grad]
-        extra = [term.trainables() for term in self.terms.values() if term.trainables()]
+        extra = [group for term in self.terms.values() if (group := term.trainables())]
         if extra:  # groups share the schedule and stay separate in the state dict
             params = [{"params": params}] + [{"params": group} for group in extra]
         cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
