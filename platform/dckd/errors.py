@@ -32,3 +32,11 @@ def note_random_weights(message: str, log: Callable[[str], None] | None = None) 
         warnings.warn(message, UserWarning, stacklevel=3)
     else:
         log(message)
+
+
+class NonFiniteLossError(DckdError):
+    """A loss term became NaN or Inf (``train.on_nonfinite: stop``): the run stops before the bad update."""
+
+
+class OutputError(DckdError):
+    """A file of the run (checkpoint, weights, log) cannot be written: full disk, read-only folder, denied."""
