@@ -52,6 +52,12 @@ class RayReporter(Reporter):
             if on_saved is not None:
                 on_saved(path)
 
+    def stop(self, error: Exception) -> None:
+        """Every rank stopped on the same error: say so in the last report (the driver raises it,
+        ``trainers.train.raise_run_error``) rather than fail, which Ray would retry ``max_failures``
+        times from the last checkpoint, to the same error."""
+        ray.train.report({"stopped": str(error), "error": type(error).__name__})
+
     def before_step(self, iteration: int) -> None:
         """Fault injection for tests: the planned rank's process dies once, before the planned step."""
         plan = self.fail_once

@@ -145,7 +145,7 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, tracking_uri
     for f in files:
         parent.log_artifact(f)
     # The best finished trial: a stopped one's PSNR is from fewer iterations and it has no final student.
-    scored = [r for r in rows if r.get(s.metric) is not None]
+    scored = [r for r in rows if r.get(s.metric) is not None and r["status"] != "error"]
     best = max([r for r in scored if r["status"] == "ok"] or scored,
                key=lambda r: r[s.metric] * (1 if s.mode == "max" else -1), default=None)
     registered = None
@@ -198,7 +198,7 @@ def results_rows(grid, axes: list[str], metric: str, iterations: int | None = No
         m = result.metrics or {}
         done = m.get("iteration")
         short = iterations is not None and done is not None and done < iterations
-        status = ("error" if result.error else
+        status = ("error" if result.error or "stopped" in m else  # "stopped": its own error (e.g. a NaN loss)
                   "stopped" if short or m.get("trial_id") in (stopped or set()) else "ok")
         row = {"trial": m.get("trial_id", ""), **{a: cfg.get(a) for a in axes},
                metric: m.get(metric), "iteration": done, "status": status}

@@ -20,7 +20,7 @@ from dckd.config import load_config
 from dckd.tracking import RunTracker
 from dckd.training.engine import Engine
 from dckd.training.loop import run_training
-from trainers.ddp import average_gradients, wrap_ddp
+from trainers.ddp import any_rank, average_gradients, wrap_ddp
 from trainers.reporter import STATE_FILE, RayReporter
 
 __all__ = ["STATE_FILE", "train_loop_per_worker"]
@@ -36,8 +36,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     engine = Engine(cfg, device=device, rank=rank, world_size=world,
                     wrap_student=wrap_ddp(device) if world > 1 else None,
                     sync_gradients=average_gradients if world > 1 else None,
+                    any_rank=any_rank if world > 1 else None,
                     notes=(lambda m: print(f"note: {m}", file=sys.stderr, flush=True)) if rank == 0 else
                     (lambda _m: None))
     tracker = RunTracker(cfg, tracking_uri=config.get("tracking_uri"),
                          parent_run_id=config.get("parent_run_id")) if rank == 0 else None
-    run_training(cfg, engine, reporter, tracker)
+    run_training(cfg, engine, reporter, tracker, allow_config_change=bool(config.get("allow_config_change")))

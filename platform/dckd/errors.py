@@ -40,3 +40,7 @@ class NonFiniteLossError(DckdError):
 
 class OutputError(DckdError):
     """A file of the run (checkpoint, weights, log) cannot be written: full disk, read-only folder, denied."""
+
+
+class ResumeConfigError(ConfigError):
+    """Resuming with a config that changes the training trajectory, without ``--allow-config-change``."""

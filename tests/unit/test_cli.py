@@ -90,10 +90,13 @@ def test_without_local_train_goes_to_the_ray_runner(monkeypatch: pytest.MonkeyPa
     from dckd.cli import train as train_cli
 
     calls = []
-    monkeypatch.setattr(train_cli, "load_runner", lambda name: lambda *a: calls.append((name, *a)) or {"ok": 1})
+    monkeypatch.setattr(train_cli, "load_runner",
+                        lambda name: lambda *a, **kw: calls.append((name, *a, kw)) or {"ok": 1})
     cfg = write_config(tmp_path, hr_folder)
     assert main(["train", str(cfg), "--set", "train.iterations=3"]) == 0
-    assert calls == [("train", str(cfg), ["train.iterations=3"], None)]
+    assert calls == [("train", str(cfg), ["train.iterations=3"], None, {"fresh": False, "allow_config_change": False})]
+    assert main(["train", str(cfg), "--fresh", "--allow-config-change"]) == 0
+    assert calls[-1][-1] == {"fresh": True, "allow_config_change": True}
     import trainers.train
 
     assert train_cli.__dict__["entry_points"](group="dckd.runners")["train"].load() is trainers.train.run

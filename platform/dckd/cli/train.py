@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fresh", action="store_true",
                    help="start a new run instead of resuming: an earlier run in the run directory is moved aside "
                    "(renamed <dir>.before-<time>), never mixed with the new one")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume even though the config changes the training (seed, lr, a loss weight, ...); the "
+                   "change is recorded in metrics.jsonl, MLflow tags and summary.json")
     p.add_argument("--check", action="store_true", help="validate the config, print it and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.add_argument("--tracking-uri", default=None,
@@ -49,12 +52,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.local:
         runner = load_runner("train")
-        summary = runner(args.config, args.overrides, args.tracking_uri)
+        summary = runner(args.config, args.overrides, args.tracking_uri, fresh=args.fresh,
+                         allow_config_change=args.allow_config_change)
         print(json.dumps(summary, indent=2, default=str))
         return 0
     from dckd.training.loop import train_local
 
     summary = train_local(cfg, resume=not args.fresh, progress=not args.no_progress,
-                          tracking_uri=args.tracking_uri)
+                          tracking_uri=args.tracking_uri, allow_config_change=args.allow_config_change)
     print(json.dumps(summary, indent=2))
     return 0

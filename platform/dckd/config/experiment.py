@@ -16,6 +16,7 @@ from dckd.config.base import Strict
 from dckd.config.data import DataConfig
 from dckd.config.method import MethodConfig
 from dckd.config.models import ModelSpec
+from dckd.config.secrets import masked
 from dckd.config.training import (
     EvalConfig,
     OptimConfig,
@@ -81,7 +82,13 @@ class ExperimentConfig(Strict):
     def run_dir(self) -> Path:
         return Path(self.output_dir.replace("${name}", self.name)).expanduser()
 
+    def stored(self) -> dict:
+        """The config as JSON data for what is kept or shown (checkpoints, config.yaml, MLflow, stdout):
+        URL passwords masked (``dckd.config.secrets``). Workers get ``model_dump``, which keeps them."""
+        return masked(self.model_dump(mode="json"))
+
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        """The stored config as YAML (URL passwords masked)."""
+        return yaml.safe_dump(self.stored(), sort_keys=False)
 
 

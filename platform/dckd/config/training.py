@@ -57,6 +57,12 @@ class TrainConfig(Strict):
         default=None, ge=1,
         description="rows per frozen VQGAN pass; default: all at once on a GPU, one image set at a time on a CPU",
     )
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        default="stop",
+        description="a NaN or Inf loss: 'stop' ends the run (naming the term and the iteration; the last "
+        "good checkpoint is kept, nothing is registered, the command exits non-zero); 'skip' drops that "
+        "step's update and counts it (metrics.jsonl, MLflow and the summary carry the count)",
+    )
 
 
 class EvalConfig(Strict):

@@ -12,16 +12,21 @@ import numpy as np
 import torch
 
 from dckd.errors import CheckpointError
+from dckd.training.rundir import make_dir, output_error
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
 
-    A crash mid-write leaves the previous checkpoint intact: a reader never sees half a file.
+    A crash mid-write leaves the previous checkpoint intact: a reader never sees half a file. A
+    write that fails (full disk, read-only folder) raises :class:`OutputError` naming the file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    make_dir(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise output_error(path, exc, "checkpoint") from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(obj, fh)
@@ -33,8 +38,10 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, (OSError, RuntimeError)):  # torch's writer reports a full disk as RuntimeError
+            raise output_error(path, exc, "checkpoint") from exc
         raise
     return path
 

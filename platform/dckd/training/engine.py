@@ -21,7 +21,7 @@ from torch import nn
 
 from dckd.config import ExperimentConfig, ModelSpec
 from dckd.data import derive_seed
-from dckd.errors import CheckpointError
+from dckd.errors import CheckpointError, NonFiniteLossError
 from dckd.losses.degradations import StepRng
 from dckd.models import build_model, build_preset, load_weights
 from dckd.models.vqgan import VQGANFeatures
@@ -72,6 +72,7 @@ class Engine:
         notes: Callable[[str], None] | None = None,
         world_size: int = 1,
         sync_gradients: Callable[[list[torch.Tensor]], None] | None = None,
+        any_rank: Callable[[bool], bool] | None = None,
     ) -> None:
         self.cfg = cfg
         self.rank = rank
@@ -111,9 +112,14 @@ class Engine:
         # Data-parallel runs average the gradients of trainables other than the student (DDP
         # averages the student's); the distributed layer passes the function that does it.
         self.sync_gradients = sync_gradients
+        # Whether a flag is set on any worker (an all-reduce in data-parallel runs): every worker
+        # must take the same decision about a non-finite loss, or the others hang in the next step.
+        self.any_rank = any_rank or (lambda flag: flag)
         self.iteration = 0
         # Bookkeeping of the layers above (e.g. the MLflow run id), carried in every checkpoint.
         self.extra: dict[str, Any] = {}
+        #: The stored config of the checkpoint this engine resumed from (None: a fresh start).
+        self.resumed_config: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ setup
     def note(self, msg: str) -> None:
@@ -170,20 +176,43 @@ class Engine:
             term.train()
         out = self.compute(lq, gt, rng)
         self.optimizer.zero_grad(set_to_none=True)
-        out.total.backward()
-        if self.sync_gradients is not None and (extra := self.term_trainables()):
-            self.sync_gradients(extra)
-        if self.cfg.optim.grad_clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.cfg.optim.grad_clip_norm)
-        self.optimizer.step()
+        skipped = self.any_rank(not bool(torch.isfinite(out.total))) and self._nonfinite(t, out)
+        if not skipped:
+            out.total.backward()
+            if self.sync_gradients is not None and (extra := self.term_trainables()):
+                self.sync_gradients(extra)
+            if self.cfg.optim.grad_clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.cfg.optim.grad_clip_norm)
+            self.optimizer.step()
 
+        # A skipped step still advances the EMA and the terms' schedules, so that every later
+        # iteration does what it would have done (history updates stay on their iterations).
         blend_into(self.ema, self.student, self.cfg.train.ema_decay)
         for term in self.terms.values():
             term.after_step(t, self.student, self.ema)
         self.iteration = t
         terms = {k: v.detach() for k, v in out.terms.items()}
         terms["total"] = out.total.detach()
+        if skipped:
+            terms["_skipped"] = torch.tensor(1.0)
         return terms
+
+    def _nonfinite(self, t: int, out: StepOutput) -> bool:
+        """A NaN/Inf loss (here or on another worker): stop (raise) or, with ``on_nonfinite: skip``,
+        count the step and return True (its update is dropped)."""
+        bad = {k: float(v) for k, v in out.terms.items() if not bool(torch.isfinite(v))}
+        where = (", ".join(f"{k} = {v}" for k, v in bad.items()) if bad else
+                 f"total = {float(out.total)}" if not bool(torch.isfinite(out.total)) else "on another worker")
+        if self.cfg.train.on_nonfinite == "skip":
+            self.extra["nonfinite_skipped"] = int(self.extra.get("nonfinite_skipped", 0)) + 1
+            self.note("train.on_nonfinite=skip: steps with a non-finite loss were skipped "
+                      "(their count is nonfinite_skipped in metrics.jsonl, MLflow and the summary)")
+            self._note(f"iteration {t}: non-finite loss ({where}): update skipped")
+            return True
+        terms = ", ".join(f"'{k}'" for k in bad) or "total"
+        raise NonFiniteLossError(
+            f"iteration {t}: the loss term {terms} is not finite ({where}); the run stopped before this update "
+            "(set train.on_nonfinite=skip to drop such steps instead)")
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -198,7 +227,7 @@ class Engine:
             "scheduler": {"name": self.cfg.schedule.name, "iteration": self.iteration,
                           "lr": self.lr(max(self.iteration, 1))},
             "rng": capture_rng(),
-            "config": self.cfg.model_dump(mode="json"),
+            "config": self.cfg.stored(),  # URL passwords masked: checkpoints travel (MLflow, S3)
             "notes": list(self.notes),
             "extra": dict(self.extra),
         }
@@ -221,6 +250,7 @@ class Engine:
             raise CheckpointError(f"{source}: does not fit this configuration: {exc}") from exc
         self.iteration = int(state["iteration"])
         self.extra = dict(state.get("extra") or {})
+        self.resumed_config = state.get("config")
         restore_rng(state["rng"])
 
     def save(self, path: str | Path) -> Path:

@@ -40,9 +40,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from dckd.config import ExperimentConfig
+from dckd.config.changes import describe, trajectory_changes
+from dckd.config.secrets import masked
 from dckd.data import TrainPatches
 from dckd.data.datasets import IterationBatches, Stage
 from dckd.data.specs import benchmark_sets, train_pairs
+from dckd.errors import NonFiniteLossError, ResumeConfigError
 from dckd.evaluation.benchmarks import evaluate_sets, protocol_for
 from dckd.tracking import RunTracker, collect_samples
 from dckd.training.engine import Engine
@@ -53,6 +56,7 @@ from dckd.training.reporters import (
     checkpoint_path,
     latest_checkpoint,
 )
+from dckd.training.rundir import append_record, make_dir, remove_orphans, trim_metrics, write_text
 
 __all__ = [
     "checkpoint_path", "latest_checkpoint", "make_loader", "run_training", "test_and_log", "train_local",
@@ -100,16 +104,19 @@ def train_local(
     progress: bool = True,
     on_log: Callable[[dict[str, Any]], None] | None = None,
     tracking_uri: str | None = None,
+    allow_config_change: bool = False,
 ) -> dict[str, Any]:
     """Train in this process; resume from the latest checkpoint in the run directory if there is one.
 
     ``stop_at`` ends the run early at that iteration (with a checkpoint), as an interruption would;
     its MLflow run is then marked KILLED until a resume continues it. ``tracking_uri`` overrides
-    the config's (see :func:`dckd.tracking.resolve_tracking_uri`).
+    the config's (see :func:`dckd.tracking.resolve_tracking_uri`). ``allow_config_change`` lets a
+    resume continue with a config that changes the training (see :mod:`dckd.config.changes`).
     """
     engine = Engine(cfg, notes=lambda msg: print(f"note: {msg}", file=sys.stderr, flush=True))
     return run_training(cfg, engine, LocalReporter(cfg, resume=resume, progress=progress),
-                        RunTracker(cfg, tracking_uri=tracking_uri), stop_at=stop_at, on_log=on_log)
+                        RunTracker(cfg, tracking_uri=tracking_uri), stop_at=stop_at, on_log=on_log,
+                        allow_config_change=allow_config_change)
 
 
 def run_training(
@@ -119,22 +126,43 @@ def run_training(
     tracker: RunTracker | None = None,
     stop_at: int | None = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
+    allow_config_change: bool = False,
 ) -> dict[str, Any]:
     """Resume, train to ``train.iterations`` (or ``stop_at``), validate, test; returns the run's summary.
 
     ``tracker`` is used on rank 0 only (other ranks may pass None); it is started here, after
-    resuming, so that it continues the MLflow run whose id the checkpoint carries.
+    resuming, so that it continues the MLflow run whose id the checkpoint carries. A non-finite
+    loss (``train.on_nonfinite: stop``) or a refused config change ends the run on every rank
+    through :meth:`Reporter.stop`: nothing is registered, the last good checkpoint is kept.
     """
     chief = reporter.rank == 0
     tracker = tracker if chief else None
-    reporter.resume(engine)
     if chief:
-        cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        (cfg.run_dir / "config.yaml").write_text(cfg.to_yaml())
-    if tracker is not None and (run_id := tracker.start(engine.extra.get("mlflow_run_id"))) is not None:
-        engine.extra["mlflow_run_id"] = run_id
+        for orphan in remove_orphans(cfg.run_dir):
+            reporter.message(f"removed {orphan}: the temporary file of a write that was interrupted")
     try:
+        reporter.resume(engine)
+        changes = _resumed_config_changes(cfg, engine, reporter, allow_config_change)
+        if chief:
+            _open_run_dir(cfg, engine, reporter, changes)
+        if tracker is not None and (run_id := tracker.start(engine.extra.get("mlflow_run_id"))) is not None:
+            engine.extra["mlflow_run_id"] = run_id
+        if tracker is not None and engine.extra.get("config_changes"):
+            tracker.set_tags({"dckd.config_changes": json.dumps(engine.extra["config_changes"])})
         summary = _train(cfg, engine, reporter, tracker, stop_at, on_log)
+    except (NonFiniteLossError, ResumeConfigError) as exc:  # raised alike on every rank
+        if tracker is not None:
+            tracker.end("FAILED")
+        reporter.close()
+        if isinstance(exc, NonFiniteLossError):
+            kept = f"; the last good checkpoint is {reporter.last_saved}" if reporter.last_saved else \
+                "; no checkpoint had been written"
+            exc = NonFiniteLossError(f"{exc}{kept}; nothing was registered")
+            if chief:
+                write_text(cfg.run_dir / "summary.json",
+                           json.dumps({**_summary(cfg, engine, {}), "stopped": str(exc)}, indent=2), "run summary")
+        reporter.stop(exc)  # raises, except where the last report carries it (Ray)
+        return {**_summary(cfg, engine, {}), "stopped": str(exc), "error": type(exc).__name__}
     except BaseException as exc:
         if tracker is not None:
             tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
@@ -144,6 +172,47 @@ def run_training(
     if tracker is not None:
         tracker.end("FINISHED" if summary["finished"] else "KILLED")
     return summary
+
+
+def _resumed_config_changes(cfg: ExperimentConfig, engine: Engine, reporter: Reporter,
+                            allow: bool) -> list[tuple[str, Any, Any]]:
+    """Compare the config with the resumed checkpoint's: changes that alter the training are refused
+    (:class:`ResumeConfigError`) unless ``allow``; returns them (empty on a fresh start)."""
+    if engine.resumed_config is None:
+        return []
+    changed, free = trajectory_changes(masked(engine.resumed_config), cfg.stored())
+    if free and reporter.rank == 0:
+        reporter.message(f"resumed with other settings that do not change the training: {describe(free)}")
+    if changed and not allow:
+        raise ResumeConfigError(
+            f"{cfg.run_dir}: the checkpoint of iteration {engine.iteration} was trained with another config: "
+            f"{describe(changed)}. This changes the training from here on; rerun with --allow-config-change "
+            "to continue anyway (the change is recorded), with --fresh to start a new run (the earlier one "
+            "is kept aside), or under another name")
+    if changed:
+        record = {"iter": engine.iteration, "changes": [{"field": k, "from": a, "to": b} for k, a, b in changed]}
+        engine.extra["config_changes"] = [*engine.extra.get("config_changes", []), record]
+        if reporter.rank == 0:
+            reporter.message(f"continuing with a changed config (--allow-config-change): {describe(changed)}")
+    return changed
+
+
+def _open_run_dir(cfg: ExperimentConfig, engine: Engine, reporter: Reporter,
+                  changes: list[tuple[str, Any, Any]]) -> None:
+    """Rank 0 before training: ``config.yaml`` (the one it replaces kept when the config changed)
+    and ``metrics.jsonl`` cut back to the resumed iteration (a resumed run logs the rest again)."""
+    run_dir = cfg.run_dir
+    make_dir(run_dir)
+    config_file = run_dir / "config.yaml"
+    if changes and config_file.is_file():
+        write_text(run_dir / f"config.before-iter_{engine.iteration:09d}.yaml", config_file.read_text(), "config")
+    write_text(config_file, cfg.to_yaml(), "config")
+    dropped = trim_metrics(run_dir / "metrics.jsonl", engine.iteration)
+    if dropped:
+        reporter.message(f"metrics.jsonl: dropped {dropped} line(s) past iteration {engine.iteration}, "
+                         "which this run trains again")
+    if changes:
+        append_record(run_dir / "metrics.jsonl", {"kind": "config_change", **engine.extra["config_changes"][-1]})
 
 
 def _train(cfg: ExperimentConfig, engine: Engine, reporter: Reporter, tracker: RunTracker | None,
@@ -221,7 +290,7 @@ def _close_run(cfg: ExperimentConfig, engine: Engine, reporter: Reporter, tracke
         reporter.message(f"[{cfg.name}] test: {_scores(summary['test'])}")
     elif "test" in previous:
         summary["test"] = previous["test"]
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text(run_dir / "summary.json", json.dumps(summary, indent=2), "run summary")
     if tracker is not None and finishes:
         assert example is not None  # finishing the run took at least one step
         tracker.log_text((run_dir / "summary.json").read_text(), "summary.json")
@@ -237,6 +306,8 @@ def _summary(cfg: ExperimentConfig, engine: Engine, val: dict[str, Any]) -> dict
         "vqgan_pretrained": engine.vqgan_pretrained,
         "notes": engine.notes,
         "mlflow_run_id": engine.extra.get("mlflow_run_id"),
+        **({"nonfinite_skipped": engine.extra["nonfinite_skipped"]} if engine.extra.get("nonfinite_skipped") else {}),
+        **({"config_changes": engine.extra["config_changes"]} if engine.extra.get("config_changes") else {}),
     }
 
 
@@ -251,11 +322,10 @@ def _read_summary(run_dir: Path) -> dict[str, Any]:
 class JsonlWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(path.parent)
 
     def write(self, record: dict[str, Any]) -> None:
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        append_record(self.path, record)
 
 
 def window_record(window: list[dict[str, torch.Tensor]], engine: Engine, elapsed: float,
@@ -263,10 +333,15 @@ def window_record(window: list[dict[str, torch.Tensor]], engine: Engine, elapsed
     """Mean of each loss term over the steps since the last log line, the lr and the throughput.
 
     A step's ``_images`` entry (its batch size: progressive schedules change it) counts images;
-    without it every step counts ``train.batch_size``.
+    without it every step counts ``train.batch_size``. Steps marked ``_skipped`` (their loss was not
+    finite) are left out of the means; ``nonfinite_skipped`` counts them over the whole run.
     """
-    record = {k: float(torch.stack([w[k] for w in window]).mean()) for k in window[0] if not k.startswith("_")}
+    stepped = [w for w in window if "_skipped" not in w]  # skipped steps (non-finite loss) are counted apart
+    record = {k: float(torch.stack([w[k] for w in stepped]).mean()) for k in (stepped[0] if stepped else {})
+              if not k.startswith("_")}
     record["lr"] = engine.lr(engine.iteration)
+    if skipped := engine.extra.get("nonfinite_skipped"):
+        record["nonfinite_skipped"] = float(skipped)
     images = (sum(float(w["_images"]) for w in window) if "_images" in window[0]
               else len(window) * engine.cfg.train.batch_size)
     record["images_per_s"] = images * world_size / max(elapsed, 1e-9)

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import re
 import sys
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from dckd.errors import CheckpointError
+from dckd.training.checkpoint import safe_load
+from dckd.training.rundir import set_aside
 
 if TYPE_CHECKING:
     from dckd.config import ExperimentConfig
@@ -37,12 +40,17 @@ def checkpoint_path(run_dir: Path, iteration: int) -> Path:
     return run_dir / "checkpoints" / checkpoint_name(iteration)
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
+def checkpoints_newest_first(run_dir: Path) -> list[Path]:
     folder = run_dir / "checkpoints"
     if not folder.is_dir():
-        return None
+        return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT.match(p.name))]
-    return max(found)[1] if found else None
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = checkpoints_newest_first(run_dir)
+    return found[0] if found else None
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
@@ -62,6 +70,8 @@ class Reporter(ABC):
 
     rank: int = 0
     world_size: int = 1
+    #: The newest checkpoint this run resumed from or wrote (named when a run stops on an error).
+    last_saved: Path | str | None = None
 
     @abstractmethod
     def resume(self, engine: Engine) -> None:
@@ -86,6 +96,12 @@ class Reporter(ABC):
         """A line for the person watching (validation and test scores)."""
         print(text, file=sys.stderr, flush=True)
 
+    def stop(self, error: Exception) -> None:
+        """Every rank hit the same :class:`~dckd.errors.DckdError` (a non-finite loss, a refused config
+        change): the run ends here. Locally it is raised; the Ray reporter passes it to the driver
+        in its last report instead, so that Ray does not restart a run that would fail the same way."""
+        raise error
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Training is over (or failed)."""
 
@@ -103,38 +119,38 @@ class LocalReporter(Reporter):
 
     def resume(self, engine: Engine) -> None:
         if not self.resume_enabled:
-            self._set_aside_earlier_run()
+            aside = set_aside(self.run_dir)
+            if aside is not None:
+                self.message(f"fresh run: the earlier run in {self.run_dir} was moved to {aside}")
             return
-        latest = latest_checkpoint(self.run_dir)
-        if latest is not None:
-            engine.load(latest)
-            self.message(f"resuming from {latest} (iteration {engine.iteration})")
+        for path in checkpoints_newest_first(self.run_dir):
+            try:
+                state = safe_load(path)
+            except CheckpointError as exc:
+                # Truncated or corrupt (a disk error, a copy cut short): fall back to the one before,
+                # keeping this file aside (renamed, so it is neither resumed nor pruned).
+                aside = path.with_name(path.name + ".unreadable")
+                try:
+                    path.rename(aside)
+                    kept = f"; kept as {aside.name}"
+                except OSError:
+                    kept = ""
+                self.message(f"skipped checkpoint {path.name}: {exc.__cause__ or exc}{kept}")
+                continue
+            engine.load_state_dict(state, source=str(path))
+            self.last_saved = path
+            self.message(f"resuming from {path} (iteration {engine.iteration})")
+            return
 
     def report(self, engine: Engine, metrics: Mapping[str, float], checkpoint: bool,
                on_saved: Callable[[Path], None] | None = None) -> None:
         if not checkpoint:
             return  # the loop writes the metrics to metrics.jsonl itself
         path = engine.save(checkpoint_path(self.run_dir, engine.iteration))
+        self.last_saved = path
         prune_checkpoints(self.run_dir, self.keep)
         if on_saved is not None:
             on_saved(path)
-
-    def _set_aside_earlier_run(self) -> None:
-        """A fresh run starts in an empty run directory: an earlier run's files are moved aside, whole.
-
-        Mixing them would be lost work: the new run's checkpoints sort below the old ones and are
-        pruned as soon as they are written, and its log lines append to the old ``metrics.jsonl``.
-        """
-        if not self.run_dir.is_dir() or not any(self.run_dir.iterdir()):
-            return
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        aside = self.run_dir.with_name(f"{self.run_dir.name}.before-{stamp}")
-        n = 1
-        while aside.exists():
-            n += 1
-            aside = self.run_dir.with_name(f"{self.run_dir.name}.before-{stamp}-{n}")
-        self.run_dir.rename(aside)
-        self.message(f"fresh run: the earlier run in {self.run_dir} was moved to {aside}")
 
     def begin(self, start: int, end: int) -> None:
         from tqdm import tqdm
@@ -146,7 +162,7 @@ class LocalReporter(Reporter):
         if self._bar is None:
             return
         self._bar.update(1)
-        if record is not None:
+        if record is not None and "total" in record:
             self._bar.set_postfix(loss=f"{record['total']:.4f}")
 
     def message(self, text: str) -> None:
