@@ -236,6 +236,14 @@ class RunTracker:
             return
         self.log_text(self.cfg.to_yaml(), "config.yaml")
 
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Tags on the run (e.g. ``dckd.config_changes``), credentials masked."""
+        if not self._on():
+            return
+        with rng_untouched():
+            for key, value in tags.items():
+                self.client.set_tag(self.run_id, key, scrub(str(value)))
+
     def log_text(self, text: str, artifact_file: str) -> None:
         """A text artifact (e.g. ``summary.json``), credentials masked: prefer it to log_artifact for text."""
         if not self._on():
