@@ -200,9 +200,9 @@ class Engine:
     def _nonfinite(self, t: int, out: StepOutput) -> bool:
         """A NaN/Inf loss (here or on another worker): stop (raise) or, with ``on_nonfinite: skip``,
         count the step and return True (its update is dropped)."""
-        bad = {k: float(v) for k, v in out.terms.items() if not bool(torch.isfinite(v))}
+        bad = {k: float(v.detach()) for k, v in out.terms.items() if not bool(torch.isfinite(v))}
         where = (", ".join(f"{k} = {v}" for k, v in bad.items()) if bad else
-                 f"total = {float(out.total)}" if not bool(torch.isfinite(out.total)) else "on another worker")
+                 f"total = {float(out.total.detach())}" if not bool(torch.isfinite(out.total)) else "on another worker")
         if self.cfg.train.on_nonfinite == "skip":
             self.extra["nonfinite_skipped"] = int(self.extra.get("nonfinite_skipped", 0)) + 1
             self.note("train.on_nonfinite=skip: steps with a non-finite loss were skipped "
