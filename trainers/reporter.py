@@ -8,7 +8,9 @@ in its storage path (``RunConfig.storage_path``, local or S3) and hands back thr
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
@@ -17,11 +19,14 @@ from typing import Any
 
 import ray.train
 
+from dckd.errors import NonFiniteLossError
 from dckd.training.engine import Engine
 from dckd.training.reporters import Reporter
 
 STATE_FILE = "state.pt"
 """The engine's state inside a Ray checkpoint folder."""
+STOP_FILE = "stopped.json"
+"""In the checkpoint of a run that stopped on an error every rank met: what and why."""
 
 
 class RayReporter(Reporter):
@@ -31,9 +36,10 @@ class RayReporter(Reporter):
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.fail_once = fail_once
+        self._resumed: ray.train.Checkpoint | None = None
 
     def resume(self, engine: Engine) -> None:
-        checkpoint = ray.train.get_checkpoint()
+        checkpoint = self._resumed = ray.train.get_checkpoint()
         if checkpoint is None:
             return
         with checkpoint.as_directory() as folder:
@@ -52,11 +58,28 @@ class RayReporter(Reporter):
             if on_saved is not None:
                 on_saved(path)
 
-    def stop(self, error: Exception) -> None:
-        """Every rank stopped on the same error: say so in the last report (the driver raises it,
-        ``trainers.train.raise_run_error``) rather than fail, which Ray would retry ``max_failures``
-        times from the last checkpoint, to the same error."""
-        ray.train.report({"stopped": str(error), "error": type(error).__name__})
+    def stop(self, error: Exception, engine: Engine) -> None:
+        """Every rank stopped on the same error: say so in a last report rather than fail, which Ray
+        would retry ``max_failures`` times from the last checkpoint, into the same error.
+
+        Ray hands the driver the metrics of the latest checkpoint only (``Result.metrics``), so this
+        report carries one: the last good state (after a non-finite loss: the engine's, whose update
+        was not applied; after a refused config change: the resumed checkpoint's files, unchanged),
+        plus ``stopped.json``. A rerun resumes from it as from any other; the driver raises the
+        error (``trainers.train.raise_run_error``).
+        """
+        metrics = {"iteration": engine.iteration, "stopped": str(error), "error": type(error).__name__}
+        if self.rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="dckd-ray-stop-") as folder:
+            if self._resumed is not None and not isinstance(error, NonFiniteLossError):
+                with self._resumed.as_directory() as src:
+                    shutil.copytree(src, folder, dirs_exist_ok=True)
+            else:
+                engine.save(Path(folder) / STATE_FILE)
+            (Path(folder) / STOP_FILE).write_text(json.dumps(metrics))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
     def before_step(self, iteration: int) -> None:
         """Fault injection for tests: the planned rank's process dies once, before the planned step."""

@@ -68,3 +68,30 @@ def test_rerun_with_the_same_name_resumes_from_the_latest_checkpoint(
     second = build_trainer(load_config(data=d)).fit()
     state = final_state(second)
     assert state["iteration"] == 8 and state["extra"]["mlflow_run_id"] == run_id
+
+
+def test_workers_stop_together_on_a_refused_config_change_and_a_nonfinite_loss(
+        ray_local, tmp_path: Path, hr_folder: Path) -> None:
+    """Errors every rank meets alike end the run through the last report, not as a failure that Ray
+    would retry (``max_failures``) from the last checkpoint into the same error."""
+    from dckd.errors import NonFiniteLossError, ResumeConfigError
+    from trainers.train import raise_run_error
+
+    d = tiny_config_dict(hr_folder, tmp_path / "run", method="scratch", iterations=2, ckpt_every=2, log_every=2)
+    d["ray"] = {"num_workers": 2, "max_failures": 2}
+    first = build_trainer(load_config(data=d)).fit()
+    assert first.error is None and first.metrics["iteration"] == 2
+
+    d["seed"], d["train"]["iterations"] = 4, 6
+    refused = build_trainer(load_config(data=d)).fit()
+    assert refused.error is None, "a refused change must not be a worker failure (Ray would retry it)"
+    assert "seed 3 -> 4" in refused.metrics["stopped"]
+    with pytest.raises(ResumeConfigError, match="iteration 2 was trained with another config"):
+        raise_run_error(refused)
+
+    d["optim"]["lr"] = 1e3  # diverges: the next loss is NaN on both ranks
+    diverged = build_trainer(load_config(data=d), extra={"allow_config_change": True}).fit()
+    assert diverged.error is None
+    with pytest.raises(NonFiniteLossError, match=r"iteration [3-6]: the loss term 'rec' is not finite"):
+        raise_run_error(diverged)
+    assert "nothing was registered" in diverged.metrics["stopped"]

@@ -264,3 +264,23 @@ def test_url_passwords_are_masked_in_checkpoints_config_files_artifacts_and_stdo
     assert leaked == []
     state = safe_load(next((tmp_path / "run" / "checkpoints").glob("iter_*.pt")))
     assert state["config"]["ray"]["address"] == "ray://admin:***@head.example:10001"
+
+
+def test_fresh_on_ray_sets_aside_the_run_directory_and_a_ray_storage_folder_elsewhere(
+        tmp_path: Path, hr_folder: Path) -> None:
+    from trainers.train import set_aside_ray_run
+
+    d = tiny_config_dict(hr_folder, tmp_path / "run", method="scratch")
+    d["ray"] = {"storage_path": str(tmp_path / "ray-storage")}
+    cfg = load_config(data=d)
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
+    (tmp_path / "ray-storage" / "tiny" / "checkpoint_000000").mkdir(parents=True)
+    set_aside_ray_run(cfg)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "ray-storage" / "tiny").exists()
+    assert [p.name.split(".before-")[0] for p in tmp_path.glob("run.before-*")] == ["run"]
+    assert len(list((tmp_path / "ray-storage").glob("tiny.before-*/checkpoint_000000"))) == 1
+
+    d["ray"] = {"storage_path": "s3://bucket/runs"}
+    with pytest.raises(Exception, match="--fresh cannot set an earlier run aside on S3"):
+        set_aside_ray_run(load_config(data=d))

@@ -161,7 +161,7 @@ def run_training(
             if chief:
                 write_text(cfg.run_dir / "summary.json",
                            json.dumps({**_summary(cfg, engine, {}), "stopped": str(exc)}, indent=2), "run summary")
-        reporter.stop(exc)  # raises, except where the last report carries it (Ray)
+        reporter.stop(exc, engine)  # raises, except where the last report carries it (Ray)
         return {**_summary(cfg, engine, {}), "stopped": str(exc), "error": type(exc).__name__}
     except BaseException as exc:
         if tracker is not None:

@@ -96,7 +96,7 @@ class Reporter(ABC):
         """A line for the person watching (validation and test scores)."""
         print(text, file=sys.stderr, flush=True)
 
-    def stop(self, error: Exception) -> None:
+    def stop(self, error: Exception, engine: Engine) -> None:
         """Every rank hit the same :class:`~dckd.errors.DckdError` (a non-finite loss, a refused config
         change): the run ends here. Locally it is raised; the Ray reporter passes it to the driver
         in its last report instead, so that Ray does not restart a run that would fail the same way."""
