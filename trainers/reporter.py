@@ -19,7 +19,8 @@ from typing import Any
 
 import ray.train
 
-from dckd.errors import NonFiniteLossError
+from dckd.errors import CheckpointError, NonFiniteLossError
+from dckd.training.checkpoint import safe_load
 from dckd.training.engine import Engine
 from dckd.training.reporters import Reporter
 
@@ -39,13 +40,25 @@ class RayReporter(Reporter):
         self._resumed: ray.train.Checkpoint | None = None
 
     def resume(self, engine: Engine) -> None:
-        checkpoint = self._resumed = ray.train.get_checkpoint()
-        if checkpoint is None:
+        """Load Ray's latest checkpoint of this run; one that does not read (truncated, corrupt) is
+        skipped for the newest older one that does, with a line saying which and why."""
+        latest = ray.train.get_checkpoint()
+        if latest is None:
             return
-        with checkpoint.as_directory() as folder:
-            engine.load(Path(folder) / STATE_FILE)
-        if self.rank == 0:
-            self.message(f"resuming from iteration {engine.iteration}")
+        for checkpoint in (latest, *_older_checkpoints(latest)):
+            try:
+                with checkpoint.as_directory() as folder:
+                    state = safe_load(Path(folder) / STATE_FILE)
+            except CheckpointError as exc:
+                if self.rank == 0:
+                    self.message(f"skipped checkpoint {checkpoint.path}: {exc.__cause__ or exc}")
+                continue
+            engine.load_state_dict(state, source=checkpoint.path)
+            self._resumed = checkpoint
+            if self.rank == 0:
+                self.message(f"resuming from iteration {engine.iteration} ({checkpoint.path})")
+            return
+        raise CheckpointError(f"{latest.path}: no checkpoint of this Ray run can be read (see the lines above)")
 
     def report(self, engine: Engine, metrics: Mapping[str, float], checkpoint: bool,
                on_saved: Callable[[Path], None] | None = None) -> None:
@@ -92,3 +105,21 @@ class RayReporter(Reporter):
         marker.write_text("failed once")
         sys.stderr.flush()
         os._exit(17)
+
+
+def _older_checkpoints(latest: ray.train.Checkpoint) -> list[ray.train.Checkpoint]:
+    """The run's other checkpoints older than ``latest``, newest first: Ray keeps them side by side
+    (``<storage>/<run>/checkpoint_<time>``, names that sort by time) on its storage filesystem."""
+    import posixpath
+
+    import pyarrow.fs
+
+    fs, parent = latest.filesystem, posixpath.dirname(latest.path.rstrip("/"))
+    name = posixpath.basename(latest.path.rstrip("/"))
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(parent))
+    except OSError:
+        return []
+    older = sorted((i.base_name for i in infos if i.type == pyarrow.fs.FileType.Directory
+                    and i.base_name.startswith("checkpoint_") and i.base_name < name), reverse=True)
+    return [ray.train.Checkpoint(posixpath.join(parent, n), filesystem=fs) for n in older]

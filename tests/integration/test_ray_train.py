@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -62,12 +63,22 @@ def test_rerun_with_the_same_name_resumes_from_the_latest_checkpoint(
     d = two_worker_config(hr_folder, tmp_path / "again")
     d["ray"]["num_workers"] = 1
     d["train"]["iterations"] = 4
+    d["train"]["ckpt_every"] = 2
     first = build_trainer(load_config(data=d)).fit()
     run_id = final_state(first)["extra"]["mlflow_run_id"]
+    # The latest checkpoint (iteration 4) is cut short: the rerun falls back to the one of iteration 2.
+    with first.checkpoint.as_directory() as folder:
+        assert safe_load(Path(folder) / STATE_FILE)["iteration"] == 4
+    latest = Path(first.checkpoint.path) / STATE_FILE
+    latest.write_bytes(latest.read_bytes()[:1000])
     d["train"]["iterations"] = 8
     second = build_trainer(load_config(data=d)).fit()
+    assert second.error is None
     state = final_state(second)
     assert state["iteration"] == 8 and state["extra"]["mlflow_run_id"] == run_id
+    rows = [json.loads(x) for x in (Path(d["output_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    # the first run logged 3 and 4 (its end); past the resumed iteration 2 they were dropped
+    assert [r["iter"] for r in rows if r["kind"] == "train"] == [3, 6, 8]
 
 
 def test_workers_stop_together_on_a_refused_config_change_and_a_nonfinite_loss(
