@@ -24,14 +24,17 @@ from dckd.reporting.tables import published_json
 
 
 # --------------------------------------------------------------------------- one trial
-def _trial(params: dict[str, Any]) -> None:
-    """One cell: a Train run of its experiment, or the teacher's evaluation for a teacher cell."""
+def _trial(params: dict[str, Any], plan: dict[str, Any]) -> None:
+    """One cell: a Train run of its experiment, or the teacher's evaluation for a teacher cell.
+
+    ``plan`` (every cell's full config, the tracking URI) comes through ``tune.with_parameters``, not
+    the param space, which Tune writes to disk: configs and URIs may hold credentials."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from dckd.config import load_config
     from trainers.driver import build_trainer
 
-    meta = params["__plan__"]
+    meta = plan
     entry = meta["cells"][params["cell"]]
     cfg = load_config(data=entry["config"])
     if entry["kind"] == "teacher":
@@ -99,12 +102,12 @@ def run_reproduce(name: str, cells: list[str] | None = None, scale_down: float |
     cells_meta = {p.key: {"config": p.cfg.model_dump(mode="json"), "kind": p.cell.kind} for p in planned}
     # Longest first: with fewer slots than cells, the expensive cells do not start last.
     order = sorted(planned, key=_cost, reverse=True)
-    space = {"cell": tune.grid_search([p.key for p in order]),
-             "__plan__": {"cells": cells_meta, "tracking_uri": uri, "parent_run_id": parent_id}}
+    space = {"cell": tune.grid_search([p.key for p in order])}
+    trial_plan = {"cells": cells_meta, "tracking_uri": uri, "parent_run_id": parent_id}
     print(f"reproducing {len(planned)} cells of {name}"
           + (f" scaled down x{scale_down:g}" if scale_down else "") + f"; MLflow: {uri}", file=sys.stderr)
     tuner = tune.Tuner(
-        _trial, param_space=space,
+        tune.with_parameters(_trial, plan=trial_plan), param_space=space,
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency(base, max_concurrent)),
         run_config=tune.RunConfig(name=f"reproduce-{tag}", storage_path=str(out_dir / "tune"),
                                   verbose=1),

@@ -65,14 +65,17 @@ def trial_run_name(sweep: SweepConfig, trial_id: str) -> str:
     return f"{sweep.name}-{trial_id}"
 
 
-def _trial(params: dict[str, Any]) -> None:
-    """One Tune trial: a Train run of the base experiment with this trial's values."""
+def _trial(params: dict[str, Any], meta: dict[str, Any]) -> None:
+    """One Tune trial: a Train run of the base experiment with this trial's values.
+
+    ``meta`` (the sweep, tracking URI, parent run) comes through ``tune.with_parameters``, i.e. the
+    object store: Tune writes a trial's ``params`` to disk (``params.json``, results, experiment
+    state), and a tracking URI may hold a password."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from trainers.driver import build_trainer
 
-    meta = params.pop("__sweep__")
     sweep = SweepConfig.model_validate(meta["sweep"])
     trial_id = tune.get_context().get_trial_id()
     cfg = load_config(sweep.base, trial_overrides(sweep, params, trial_id))
@@ -127,10 +130,10 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, tracking_uri
                                reduction_factor=s.reduction_factor, stop_last_trials=False)
                  if s.name == "asha" else FIFOScheduler())
     space = param_space(sweep)
-    space["__sweep__"] = {"sweep": sweep.model_dump(mode="json"), "tracking_uri": uri, "parent_run_id": parent_id}
+    meta = {"sweep": sweep.model_dump(mode="json"), "tracking_uri": uri, "parent_run_id": parent_id}
     sweep.out.mkdir(parents=True, exist_ok=True)
     tuner = tune.Tuner(
-        _trial,
+        tune.with_parameters(_trial, meta=meta),
         param_space=space,
         tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, scheduler=scheduler,
                                     num_samples=sweep.num_samples,
@@ -194,7 +197,7 @@ def results_rows(grid, axes: list[str], metric: str, iterations: int | None = No
     short of ``iterations``) or error."""
     rows = []
     for result in grid:
-        cfg = {k: v for k, v in (result.config or {}).items() if k != "__sweep__"}
+        cfg = dict(result.config or {})
         m = result.metrics or {}
         done = m.get("iteration")
         short = iterations is not None and done is not None and done < iterations

@@ -55,6 +55,10 @@ def test_sweep_of_four_trials_lands_in_mlflow_and_the_table(ray_local, tmp_path:
     assert all(float(r["val_psnr"]) > 0 for r in rows)
     assert (tmp_path / "sweep" / "results.md").read_text().count("\n") == 6
     assert (tmp_path / "sweep" / "plot_method_dcr_num_negatives.png").is_file()
+    # The tracking URI (it may hold a password) reaches trials through the object store, not through
+    # the param space that Tune writes to disk.
+    tune_files = [p for p in (tmp_path / "sweep" / "tune").rglob("*") if p.is_file()]
+    assert tune_files and not [p for p in tune_files if b"mlflow.db" in p.read_bytes()]
 
     mlflow.set_tracking_uri(uri)
     parent = summary["mlflow_parent_run_id"]
