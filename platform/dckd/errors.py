@@ -26,6 +26,11 @@ class StorageError(DckdError):
     """A remote dataset (``s3://``) cannot be read or written: missing, unreachable, denied, corrupt."""
 
 
+class TrackingError(DckdError):
+    """The MLflow tracking server cannot be used (unreachable, refusing) or a pending journal cannot be sent;
+    the message names the URI with its credentials masked."""
+
+
 def note_random_weights(message: str, log: Callable[[str], None] | None = None) -> None:
     """Say that a frozen network runs with random weights: to the run's log, else as a warning."""
     if log is None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,8 @@ from dckd.tracking import (
     scrub,
     secret_values,
 )
+from dckd.tracking.journal import Journal, JournalBusy, summarize
+from dckd.tracking.server import MLFLOW_LIMITS, describe, is_transient, mlflow_limits, view_run_lines
 from dckd.training.loop import latest_checkpoint, train_local
 from tests.conftest import tiny_config_dict
 
@@ -227,6 +232,153 @@ def test_tiny_run_is_tracked_resumed_and_registered(
         a, b = read_image(out_m / name), read_image(out_c / name)
         assert a.shape == (128, 128, 3) and np.array_equal(a, b)
     capsys.readouterr()
+
+
+# --------------------------------------------------------------------------- the tracking server away
+def _dead_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed on return: nothing listens there
+
+
+def test_unreachable_server_fails_fast_naming_the_uri_before_training(
+    tmp_path: Path, hr_folder: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No server at the URI: `dckd train` says so in one line within seconds (not MLflow's 250 s of
+    retries and a traceback), the password masked, and trains nothing."""
+    import yaml
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    password = "pw-" + secrets.token_hex(8)
+    run_dir = tmp_path / "runs" / "tiny"
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict(hr_folder, run_dir, method="logits", iterations=4)))
+    uri = f"http://bob:{password}@127.0.0.1:{_dead_port()}"
+    tic = time.monotonic()
+    code = main(["train", str(config), "--local", "--no-progress", "--set", "tracking.enabled=true",
+                 "--tracking-uri", uri])
+    elapsed = time.monotonic() - tic
+    out = capsys.readouterr()
+    assert code == 2 and elapsed < 10, elapsed
+    errors = [line for line in out.err.splitlines() if line.startswith("dckd train: error:")]
+    assert len(errors) == 1, out.err
+    assert errors[0].startswith(f"dckd train: error: MLflow tracking server {uri.replace(password, '***')} "
+                                "does not answer (connection refused)")
+    assert password not in out.out + out.err and "Traceback" not in out.err
+    assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "checkpoints").exists()
+
+
+def test_printed_tracking_lines_and_errors_mask_url_passwords() -> None:
+    """The "View run ... at" lines dckd prints in place of MLflow's, and the one-line descriptions of
+    MLflow's errors (which quote the request URL), keep the user name and mask the password."""
+    import requests
+    from mlflow.exceptions import MlflowException, RestException
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
+    password = "pw-" + secrets.token_hex(8)
+    uri = f"https://alice:{password}@mlflow.example.org:8443/"
+    lines = view_run_lines(uri, "7", "abc123", "tiny")
+    assert lines == ["View run tiny at: https://alice:***@mlflow.example.org:8443/#/experiments/7/runs/abc123",
+                     "View experiment at: https://alice:***@mlflow.example.org:8443/#/experiments/7"]
+    exc = MlflowException(f"API request to {uri}api/2.0/mlflow/runs/log-batch failed with exception "
+                          "HTTPConnectionPool(host='mlflow.example.org', port=8443): Max retries exceeded")
+    text = describe(exc)
+    assert password not in text and "https://alice:***@mlflow.example.org:8443/api/2.0" in text
+    assert password not in describe(OSError(f"cannot reach {uri}"))
+    # Which failures the sender retries (no answer, or a server error) and which it sets aside (a refusal,
+    # or an error MLflow raised without asking the server).
+    try:
+        try:
+            raise requests.exceptions.ConnectionError("[Errno 111] Connection refused")
+        except requests.exceptions.ConnectionError as e:
+            raise MlflowException(f"API request to {uri} failed with exception {e}") from None
+    except MlflowException as wrapped:  # as MLflow's http_request raises it: the cause in __context__
+        assert is_transient(wrapped)
+    assert is_transient(ConnectionRefusedError()) and is_transient(requests.exceptions.ReadTimeout())
+    assert is_transient(MlflowException("API request to endpoint /x failed with error code 503 != 200",
+                                        error_code=TEMPORARILY_UNAVAILABLE))
+    assert is_transient(RestException({"error_code": "INTERNAL_ERROR", "message": "database is locked"}))
+    assert not is_transient(RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no run"}))
+    assert not is_transient(MlflowException("the model cannot be saved"))
+    assert not is_transient(FileNotFoundError("gone")) and not is_transient(ValueError("bug"))
+
+
+def test_mlflow_limits_are_scoped_and_keep_user_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in MLFLOW_LIMITS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "77")
+    with mlflow_limits():
+        with mlflow_limits():
+            assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
+        assert os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] == "true"  # still inside the outer one
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "77"
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "77"
+
+
+def test_journal_pending_done_and_lock(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "tracking-pending" / "r1"
+    journal = Journal.create(path, {"run_id": "r1", "tracking_uri": "http://h:1"})
+    seq1, _ = journal.reserve()
+    journal.append(seq1, "metrics", {"metrics": [["rec", 0.5, 1, 1], ["lr", float("nan"), 1, 1]]})
+    seq2, folder = journal.reserve()
+    folder.mkdir(parents=True)
+    (folder / "iter_1.pt").write_bytes(b"x")
+    journal.append(seq2, "file", {"path": f"files/{seq2:07d}/iter_1.pt", "artifact_path": "checkpoints"})
+    seq3, _ = journal.reserve()
+    journal.append(seq3, "end", {"status": "FINISHED", "end_time": 5})
+    with (path / "ops.jsonl").open("a") as fh:
+        fh.write('{"seq": 4, "kind": "metr')  # the process died while writing this line
+    journal.mark(seq2)
+    assert not folder.exists()  # sent: its files are freed
+    again = Journal(path)  # another process reading it
+    assert [op["seq"] for op in again.pending()] == [seq1, seq3]
+    assert summarize(again.pending()) == "2 metric values, the run's status FINISHED"
+    assert again.reserve()[0] == 4
+    journal.lock()
+    with pytest.raises(JournalBusy):
+        again.lock()
+    journal.remove()
+    assert not (tmp_path / "run").exists()  # the folders the journal created go with it
+
+
+def test_sender_sets_aside_what_the_server_refuses_and_goes_on(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """A refused upload stays in the journal (for `dckd track sync`) and does not hold up what follows."""
+    from mlflow.exceptions import RestException
+
+    from dckd.tracking.sender import Op, Sender, Target
+
+    class Client:
+        def __init__(self) -> None:
+            self.steps: list[int] = []
+
+        def log_batch(self, run_id: str, metrics=(), params=()) -> None:
+            self.steps += [m.step for m in metrics]
+
+        def log_artifact(self, run_id: str, path: str, artifact_path: str | None = None) -> None:
+            raise RestException({"error_code": "PERMISSION_DENIED", "message": "not yours"})
+
+    client = Client()
+    journal = Journal.create(tmp_path / "run" / "tracking-pending" / "r1", {"run_id": "r1"})
+    sender = Sender(Target(client, "http://127.0.0.1:9", "r1", "0", "tiny"), journal).start()
+    for kind, data in (("metrics", {"metrics": [["rec", 1.0, 5, 1]]}),
+                       ("file", {"path": "files/0000002/a.txt", "artifact_path": None}),
+                       ("metrics", {"metrics": [["rec", 2.0, 6, 2], ["lr", 0.1, 6, 2]]}),
+                       ("metrics", {"metrics": [["rec", 3.0, 7, 3]]})):
+        sender.submit(Op(journal.append(journal.reserve()[0], kind, data)))
+    assert sender.drain(5.0)
+    sender.close()
+    assert client.steps == [1, 2, 2, 3] and sender.sent == 3 and sender.set_aside == 1
+    assert [op["kind"] for op in Journal(journal.path).pending()] == ["file"]
+    assert ("MLflow did not take 1 artifact upload (PERMISSION_DENIED: not yours); it stays in the run's journal, "
+            f"for `dckd track sync {tmp_path / 'run'}`") in caplog.text
+
+
+def test_track_sync_without_journal_sends_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["track", "sync", str(tmp_path)]) == 0
+    assert "nothing to send" in capsys.readouterr().out
+    assert main(["track", "sync", str(tmp_path / "missing")]) == 2
 
 
 # --------------------------------------------------------------------------- tiled restoration

@@ -12,7 +12,7 @@ import sys
 
 from dckd.errors import DckdError
 
-SUBCOMMANDS = ("models", "score", "train", "eval", "bench", "demo", "tune", "reproduce", "data", "restore")
+SUBCOMMANDS = ("models", "score", "train", "eval", "bench", "demo", "tune", "reproduce", "data", "restore", "track")
 
 
 def build_parser() -> argparse.ArgumentParser:

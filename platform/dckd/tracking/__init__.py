@@ -7,6 +7,12 @@
 - :mod:`~dckd.tracking.samples`: side-by-side sample restorations.
 - :mod:`~dckd.tracking.redaction`: credentials masked before anything reaches the tracking store.
 - :mod:`~dckd.tracking.isolation`: tracking leaves the RNG streams and MLflow's global URI as it found them.
+- :mod:`~dckd.tracking.server`: the server checked once before a run (:func:`check_server`), MLflow's
+  HTTP retries cut short for dckd's calls, failures sorted into passing and final, URLs masked in messages.
+- :mod:`~dckd.tracking.journal`: what a run logs to a server, on disk in ``<run_dir>/tracking-pending/``
+  until the server has it.
+- :mod:`~dckd.tracking.sender`: the background thread that sends the journal (training never waits on
+  it) and :func:`sync_run_dir` (``dckd track sync RUN_DIR``) for what a run left behind.
 """
 
 from dckd.tracking.redaction import REDACTED, contains_secret, redact, scrub, secret_values
@@ -27,10 +33,12 @@ from dckd.tracking.run import (
     sanitize_key,
 )
 from dckd.tracking.samples import collect_samples, sample_panel
+from dckd.tracking.sender import sync_run_dir
+from dckd.tracking.server import check_server
 
 __all__ = [
     "MODEL_NAME", "PARAM_VALUE_LIMIT", "REDACTED", "RUN_WEIGHTS_DIR", "SPEC_FILE", "WEIGHTS_FILE",
-    "RunTracker", "collect_samples", "contains_secret", "flatten_config", "load_student", "redact",
+    "RunTracker", "check_server", "collect_samples", "contains_secret", "flatten_config", "load_student", "redact",
     "register_logged_model", "resolve_tracking_uri", "sample_panel", "sanitize_key", "scrub",
-    "secret_values", "student_of",
+    "secret_values", "student_of", "sync_run_dir",
 ]

@@ -13,6 +13,7 @@ import importlib.metadata
 import json
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,13 +23,14 @@ from torch import nn
 
 from dckd.errors import CheckpointError
 from dckd.tracking.isolation import global_tracking_uri, rng_untouched
-from dckd.tracking.redaction import scrub
+from dckd.tracking.redaction import redact, scrub
 
 if TYPE_CHECKING:
     from dckd.models import Restorer
 
 WEIGHTS_FILE = "weights.pt"
 SPEC_FILE = "spec.json"
+EXAMPLE_FILE = "example.npy"
 RUN_WEIGHTS_DIR = "student_weights"
 """Run-artifact folder holding the weights-only student (what ``runs:/RUN_ID`` loads)."""
 MODEL_NAME = "student"
@@ -57,24 +59,28 @@ def _torch_requirement() -> str:
         return "torch"
 
 
-def log_student(
-    client: Any,
-    tracking_uri: str | None,
-    run_id: str,
-    experiment_id: str,
-    model: nn.Module,
-    input_example: np.ndarray | torch.Tensor,
-) -> str:
-    """Log ``model`` with run ``run_id`` (pickled MLflow model + weights-only state dict + spec);
-    returns the logged model's id (``models:/<id>``)."""
-    import mlflow.pytorch
+@dataclass
+class PreparedStudent:
+    """The student ready to upload: a CPU copy in eval mode, its example, signature and files on disk."""
+
+    net: nn.Module
+    example: np.ndarray
+    signature: Any
+    weights: Path
+    spec: Path
+
+
+def prepare_student(model: nn.Module, input_example: np.ndarray | torch.Tensor, folder: Path) -> PreparedStudent:
+    """Everything of :func:`log_student` that runs the network, in the calling thread (RNG streams kept):
+    ``weights.pt``, ``spec.json`` and ``example.npy`` in ``folder``. Nothing is sent."""
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.types import Schema, TensorSpec
 
     spec_fn = getattr(model, "spec", None)
     if spec_fn is None:
         raise TypeError("log_student needs a dckd Restorer (its spec() rebuilds the architecture)")
-    with rng_untouched(), tempfile.TemporaryDirectory(prefix="dckd-student-") as tmp:
+    folder.mkdir(parents=True, exist_ok=True)
+    with rng_untouched():
         net = copy.deepcopy(model).cpu().eval()
         x = example_array(input_example)
         with torch.no_grad():
@@ -85,23 +91,94 @@ def log_student(
             inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, x.shape[1], -1, -1))]),
             outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, y.shape[1], -1, -1))]),
         ) if inferred.inputs is not None else inferred
-        weights, spec = Path(tmp) / WEIGHTS_FILE, Path(tmp) / SPEC_FILE
+        weights, spec = folder / WEIGHTS_FILE, folder / SPEC_FILE
         torch.save({k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, weights)
         spec.write_text(json.dumps(spec_fn(), indent=2, sort_keys=True))
-        for f in (weights, spec):
-            client.log_artifact(run_id, str(f), RUN_WEIGHTS_DIR)
-        # Created here (not by log_model) so the model lands in this run's experiment.
-        logged = client.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=run_id)
-        # log_model and the sqlite registry resolve models:/m-<id> through the global URI.
-        with global_tracking_uri(tracking_uri or ""):
-            info = mlflow.pytorch.log_model(
-                net, name=MODEL_NAME, input_example=x, signature=signature,
-                serialization_format="pickle", run_id=run_id, model_id=logged.model_id,
-                extra_files=[str(weights), str(spec)], pip_requirements=[_torch_requirement()],
-            )
-            if str(client.get_logged_model(logged.model_id).status).endswith("PENDING"):
-                client.finalize_logged_model(logged.model_id, "READY")
+        np.save(folder / EXAMPLE_FILE, x, allow_pickle=False)
+    return PreparedStudent(net, x, signature, weights, spec)
+
+
+def load_prepared(folder: Path) -> PreparedStudent:
+    """A student :func:`prepare_student` left in ``folder``, rebuilt in this process (weights-only load)."""
+    from dckd.models import build_model
+
+    try:
+        arch = json.loads((folder / SPEC_FILE).read_text())
+        with rng_untouched():
+            model = build_model(**arch)
+            model.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+        x = np.load(folder / EXAMPLE_FILE, allow_pickle=False)
+    except (OSError, ValueError, TypeError, RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"{folder}: the pending student cannot be rebuilt: {exc}") from exc
+    with tempfile.TemporaryDirectory(prefix="dckd-student-") as tmp:
+        prepared = prepare_student(model, x, Path(tmp))
+    return PreparedStudent(prepared.net, prepared.example, prepared.signature, folder / WEIGHTS_FILE,
+                           folder / SPEC_FILE)
+
+
+def upload_student(client: Any, tracking_uri: str | None, run_id: str, experiment_id: str,
+                   prepared: PreparedStudent) -> str:
+    """The network part of :func:`log_student`: weights-only files, the logged model; returns its id.
+
+    Runs no random draw of its own, so it may run in the tracking sender's thread.
+    """
+    import mlflow.pytorch
+
+    for f in (prepared.weights, prepared.spec):
+        client.log_artifact(run_id, str(f), RUN_WEIGHTS_DIR)
+    # Created here (not by log_model) so the model lands in this run's experiment.
+    logged = client.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=run_id)
+    # log_model and the sqlite registry resolve models:/m-<id> through the global URI.
+    with global_tracking_uri(tracking_uri or ""):
+        info = mlflow.pytorch.log_model(
+            prepared.net, name=MODEL_NAME, input_example=prepared.example, signature=prepared.signature,
+            serialization_format="pickle", run_id=run_id, model_id=logged.model_id,
+            extra_files=[str(prepared.weights), str(prepared.spec)], pip_requirements=[_torch_requirement()],
+        )
+        if str(client.get_logged_model(logged.model_id).status).endswith("PENDING"):
+            client.finalize_logged_model(logged.model_id, "READY")
     return info.model_id
+
+
+def log_student(
+    client: Any,
+    tracking_uri: str | None,
+    run_id: str,
+    experiment_id: str,
+    model: nn.Module,
+    input_example: np.ndarray | torch.Tensor,
+) -> str:
+    """Log ``model`` with run ``run_id`` (pickled MLflow model + weights-only state dict + spec);
+    returns the logged model's id (``models:/<id>``)."""
+    with rng_untouched(), tempfile.TemporaryDirectory(prefix="dckd-student-") as tmp:
+        prepared = prepare_student(model, input_example, Path(tmp))
+        return upload_student(client, tracking_uri, run_id, experiment_id, prepared)
+
+
+def ready_student_of(client: Any, run_id: str) -> str | None:
+    """The id of a student ``run_id`` logged completely (READY), or None: a replay does not log it twice."""
+    experiment_id = client.get_run(run_id).info.experiment_id
+    models = client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'",
+                                         order_by=[{"field_name": "creation_timestamp", "ascending": False}])
+    for m in models:
+        if m.name == MODEL_NAME and str(m.status).endswith("READY"):
+            return m.model_id
+    return None
+
+
+def registered_version_of(client: Any, register_as: str, model_id: str) -> int | None:
+    """The version of ``register_as`` that already points at ``model_id``, or None."""
+    from mlflow.exceptions import MlflowException
+
+    name = scrub(register_as).replace("'", "\\'")
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    for v in versions:
+        if getattr(v, "model_id", None) == model_id or v.source == f"models:/{model_id}":
+            return int(v.version)
+    return None
 
 
 def register_logged_model(client: Any, tracking_uri: str | None, model_id: str, run_id: str, register_as: str,
@@ -176,7 +253,7 @@ def _fetch_student_files(model_uri: str, tracking_uri: str | None, dst: Path) ->
             raise CheckpointError(f"{model_uri}: expected models:/NAME@ALIAS, models:/NAME/VERSION, "
                                   "runs:/RUN_ID or a local folder")
     except MlflowException as exc:
-        raise CheckpointError(f"{model_uri}: {exc.message}") from exc
+        raise CheckpointError(f"{model_uri}: {redact(str(exc.message))}") from exc
     files = []
     for name in (WEIGHTS_FILE, SPEC_FILE):
         try:
@@ -185,7 +262,7 @@ def _fetch_student_files(model_uri: str, tracking_uri: str | None, dst: Path) ->
                 tracking_uri=tracking_uri, registry_uri=tracking_uri)))
         except MlflowException as exc:
             raise CheckpointError(f"{model_uri}: cannot fetch the weights-only student ({name}): "
-                                  f"{exc.message}") from exc
+                                  f"{redact(str(exc.message))}") from exc
     return files[0], files[1]
 
 
