@@ -16,6 +16,10 @@ def run(config: str, overrides: list[str], tracking_uri: str | None = None, fres
     from trainers.driver import fit
 
     cfg = load_config(config, overrides)
+    if cfg.tracking.enabled:  # a server that is down fails the run here, not in a worker Ray would retry
+        from dckd.tracking import check_server, resolve_tracking_uri
+
+        check_server(resolve_tracking_uri(cfg, tracking_uri))
     if fresh:
         set_aside_ray_run(cfg)
     result = fit(cfg, tracking_uri=tracking_uri, extra={"allow_config_change": allow_config_change})

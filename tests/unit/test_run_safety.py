@@ -15,7 +15,7 @@ import yaml
 
 from dckd.cli import main
 from dckd.config import load_config
-from dckd.errors import NonFiniteLossError, OutputError
+from dckd.errors import OutputError
 from dckd.training.checkpoint import safe_load
 from dckd.training.engine import Engine
 from dckd.training.loop import checkpoint_path, make_loader, train_local

@@ -48,7 +48,7 @@ from dckd.data.datasets import IterationBatches, Stage
 from dckd.data.specs import benchmark_sets, train_pairs
 from dckd.errors import NonFiniteLossError, ResumeConfigError
 from dckd.evaluation.benchmarks import evaluate_sets, protocol_for
-from dckd.tracking import RunTracker, collect_samples
+from dckd.tracking import RunTracker, check_server, collect_samples
 from dckd.training.engine import Engine
 from dckd.training.reporters import (
     LocalReporter,
@@ -114,9 +114,12 @@ def train_local(
     the config's (see :func:`dckd.tracking.resolve_tracking_uri`). ``allow_config_change`` lets a
     resume continue with a config that changes the training (see :mod:`dckd.config.changes`).
     """
+    tracker = RunTracker(cfg, tracking_uri=tracking_uri)
+    if tracker.enabled:
+        check_server(tracker.tracking_uri)  # a server that is down fails the run before any work
     engine = Engine(cfg, notes=lambda msg: print(f"note: {msg}", file=sys.stderr, flush=True))
     return run_training(cfg, engine, LocalReporter(cfg, resume=resume, progress=progress),
-                        RunTracker(cfg, tracking_uri=tracking_uri), stop_at=stop_at, on_log=on_log,
+                        tracker, stop_at=stop_at, on_log=on_log,
                         allow_config_change=allow_config_change)
 
 
