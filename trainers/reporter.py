@@ -55,6 +55,7 @@ class RayReporter(Reporter):
                 continue
             engine.load_state_dict(state, source=checkpoint.path)
             self._resumed = checkpoint
+            self.last_saved = checkpoint.path
             if self.rank == 0:
                 self.message(f"resuming from iteration {engine.iteration} ({checkpoint.path})")
             return
@@ -62,6 +63,8 @@ class RayReporter(Reporter):
 
     def report(self, engine: Engine, metrics: Mapping[str, float], checkpoint: bool,
                on_saved: Callable[[Path], None] | None = None) -> None:
+        if checkpoint:  # on every rank: the message of a stop names it
+            self.last_saved = f"Ray's checkpoint of iteration {engine.iteration}"
         if not (checkpoint and self.rank == 0):
             ray.train.report(dict(metrics))
             return

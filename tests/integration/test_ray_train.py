@@ -106,3 +106,4 @@ def test_workers_stop_together_on_a_refused_config_change_and_a_nonfinite_loss(
     with pytest.raises(NonFiniteLossError, match=r"iteration [3-6]: the loss term 'rec' is not finite"):
         raise_run_error(diverged)
     assert "nothing was registered" in diverged.metrics["stopped"]
+    assert "the last good checkpoint is" in diverged.metrics["stopped"]
