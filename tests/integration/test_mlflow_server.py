@@ -13,8 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from dckd.imageio import read_image, write_image
 from dckd.tracking import load_student
 from dckd.training.loop import latest_checkpoint, train_local
 from tests.conftest import tiny_config_dict
+from tests.servers import wait_for_mlflow
 
 pytestmark = pytest.mark.slow
 
@@ -84,20 +83,7 @@ def mlflow_http_server(mlflow_s3_env: dict[str, str], tmp_path: Path) -> Iterato
         env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited ({proc.returncode}):\n"
-                            + (tmp_path / "mlflow-server.log").read_text()[-3000:])
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("mlflow server did not answer /health within 120 s")
-            time.sleep(0.5)
+        wait_for_mlflow(proc, uri, tmp_path / "mlflow-server.log")
         yield uri, bucket
     finally:
         # The server runs its web workers as child processes: stop the whole group it leads.

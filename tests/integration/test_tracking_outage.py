@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from dckd.config import load_config
 from dckd.tracking.journal import JOURNAL_DIR
 from dckd.training.loop import latest_checkpoint, train_local
 from tests.conftest import tiny_config_dict
+from tests.servers import wait_for_mlflow
 
 pytestmark = pytest.mark.slow
 
@@ -66,20 +66,8 @@ class Server:
             self.wait_up()
 
     def wait_up(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                pytest.fail(f"mlflow server exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.plain}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not answer /health within {timeout:.0f} s")
-            time.sleep(0.2)
+        assert self.proc is not None
+        wait_for_mlflow(self.proc, self.plain, self.log, timeout)
 
     def kill(self) -> None:
         """SIGKILL to the server's process group (it runs its web worker as a child): a crash."""
