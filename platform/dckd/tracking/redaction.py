@@ -11,7 +11,8 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 
-REDACTED = "***"
+from dckd.config.secrets import MASK as REDACTED
+from dckd.config.secrets import mask_url_credentials
 
 _SECRET_NAMES = frozenset({
     "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID",
@@ -21,7 +22,6 @@ _SECRET_NAME_PATTERN = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|API_KEY|PRIVATE
 _MIN_SECRET_LENGTH = 6
 """Shorter values are not treated as secrets: masking every value containing e.g. ``1`` or
 ``true`` would destroy the params while protecting nothing a real credential looks like."""
-_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]+):[^/\s@]+@")
 
 
 def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
@@ -43,7 +43,7 @@ def scrub(value: str, secrets: Sequence[str] | None = None) -> str:
     found = secret_values() if secrets is None else secrets
     if any(s and s in value for s in found):
         return REDACTED
-    return _URL_PASSWORD.sub(rf"\1:{REDACTED}@", value)
+    return mask_url_credentials(value)
 
 
 def redact(text: str, secrets: Sequence[str] | None = None) -> str:
@@ -51,7 +51,7 @@ def redact(text: str, secrets: Sequence[str] | None = None) -> str:
     for s in secret_values() if secrets is None else secrets:
         if s:
             text = text.replace(s, REDACTED)
-    return _URL_PASSWORD.sub(rf"\1:{REDACTED}@", text)
+    return mask_url_credentials(text)
 
 
 def contains_secret(text: str, secrets: Sequence[str] | None = None) -> bool:

@@ -47,7 +47,7 @@ from dckd.tracking.isolation import rng_untouched
 from dckd.tracking.journal import Journal, JournalBusy, find_journals, journal_path, summarize
 from dckd.tracking.redaction import contains_secret, redact, scrub, secret_values
 from dckd.tracking.samples import as_list, sample_panel
-from dckd.tracking.sender import Op, Sender, Target, not_sent_line, print_err, wait_seconds
+from dckd.tracking.sender import Op, Sender, Target, execute, not_sent_line, print_err, wait_seconds
 from dckd.tracking.server import check_server, describe, is_remote, is_transient, mlflow_limits
 
 log = logging.getLogger("dckd")
@@ -55,8 +55,6 @@ log = logging.getLogger("dckd")
 PARAM_VALUE_LIMIT = 6000
 """MLflow's maximum param value length (the server refuses longer values)."""
 _KEY_LIMIT = 250
-_BATCH_PARAMS = 100
-_BATCH_METRICS = 1000
 _KEY_BAD = re.compile(r"[^\w./\- ]")
 
 
@@ -324,37 +322,27 @@ class RunTracker:
         """The flattened config; a resumed run keeps the params it has (MLflow refuses changed values)."""
         if not self._on():
             return
-        from mlflow.entities import Param
-
         secrets = secret_values()
         params = {sanitize_key(k): scrub(v, secrets) for k, v in flatten_config(self.cfg).items()}
-        if self._sender is not None:
-            self._queue("params", {"params": params, "check": self.resumed})
-            return
-        with rng_untouched():
-            have = self.client.get_run(self.run_id).data.params if self.resumed else {}
-            changed = sorted(k for k, v in params.items() if k in have and have[k] != v)
-            if changed:
-                log.warning("config differs from the resumed MLflow run's params in %d key(s) "
-                            "(kept the original values): %s", len(changed), ", ".join(changed[:10]))
-            todo = [Param(k, v) for k, v in params.items() if k not in have]
-            for i in range(0, len(todo), _BATCH_PARAMS):
-                self.client.log_batch(self.run_id, params=todo[i:i + _BATCH_PARAMS])
+        self._send("params", {"params": params, "check": self.resumed})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         if not self._on() or not metrics:
             return
-        from mlflow.entities import Metric
-
         secrets = secret_values()
         stamp = int(time.time() * 1000)
-        rows = [Metric(sanitize_key(redact(k, secrets)), float(v), stamp, int(step)) for k, v in metrics.items()]
+        self._send("metrics", {"metrics": [[sanitize_key(redact(k, secrets)), float(v), stamp, int(step)]
+                                           for k, v in metrics.items()]})
+
+    def _send(self, kind: str, data: dict[str, Any]) -> None:
+        """An operation without files: to the sender on a server, else done here (the same ``execute``)."""
         if self._sender is not None:
-            self._queue("metrics", {"metrics": [[m.key, m.value, m.timestamp, m.step] for m in rows]})
+            self._queue(kind, data)
             return
+        assert self.run_id and self.tracking_uri
+        target = Target(self.client, self.tracking_uri, self.run_id, self.experiment_id or "", scrub(self.cfg.name))
         with rng_untouched():
-            for i in range(0, len(rows), _BATCH_METRICS):
-                self.client.log_batch(self.run_id, metrics=rows[i:i + _BATCH_METRICS])
+            execute(target, None, {"kind": kind, **data})
 
     def log_config(self) -> None:
         """The validated config as ``config.yaml``, credentials masked."""
@@ -453,24 +441,25 @@ class RunTracker:
         teach = as_list(teacher_out) if teacher_out is not None else [None] * len(lqs)
         if not (len(lqs) == len(outs) == len(gts) == len(teach)):
             raise ValueError("log_samples: lq, teacher_out, student_out and gt differ in length")
-        names: list[str] = []
+        def panels(folder: Path) -> list[str]:
+            names = []
+            for k, (a, t, s, g) in enumerate(zip(lqs, teach, outs, gts)):
+                name = f"iter_{int(step):07d}_{k}.png"
+                write_image(folder / name, sample_panel(a, t, s, g))
+                names.append(f"{artifact_dir}/{name}")
+            return names
+
         if self._sender is not None:
             assert self._journal is not None
             seq, folder = self._journal.reserve()
             rel = self._stage(folder)
             with rng_untouched():
-                for k, (a, t, s, g) in enumerate(zip(lqs, teach, outs, gts)):
-                    name = f"iter_{int(step):07d}_{k}.png"
-                    write_image(folder / name, sample_panel(a, t, s, g))
-                    names.append(f"{artifact_dir}/{name}")
+                names = panels(folder)
             if names:
                 self._queue("dir", {"path": rel, "artifact_path": artifact_dir}, seq=seq)
             return names
         with rng_untouched(), tempfile.TemporaryDirectory(prefix="dckd-samples-") as tmp:
-            for k, (a, t, s, g) in enumerate(zip(lqs, teach, outs, gts)):
-                name = f"iter_{int(step):07d}_{k}.png"
-                write_image(Path(tmp) / name, sample_panel(a, t, s, g))
-                names.append(f"{artifact_dir}/{name}")
+            names = panels(Path(tmp))
             if names:
                 self.client.log_artifacts(self.run_id, tmp, artifact_dir)
         return names

@@ -100,9 +100,12 @@ class Op:
 
 
 # --------------------------------------------------------------------------- one operation
-def execute(target: Target, journal: Journal, record: Mapping[str, Any], memory: Mapping[str, Any] | None = None,
-            replay: bool = False) -> Any:
-    """Send one operation (or, for ``metrics``, several merged ones); returns the student's version."""
+def execute(target: Target, journal: Journal | None, record: Mapping[str, Any],
+            memory: Mapping[str, Any] | None = None, replay: bool = False) -> Any:
+    """Send one operation (or, for ``metrics``, several merged ones); returns the student's version.
+
+    ``journal`` holds the files of file operations; params and metrics need none (a tracker without
+    a server runs them here directly)."""
     from mlflow.entities import Metric, Param
 
     client, run_id, kind = target.client, target.run_id, record["kind"]
@@ -120,17 +123,19 @@ def execute(target: Target, journal: Journal, record: Mapping[str, Any], memory:
         todo = [Param(k, v) for k, v in params.items() if k not in have]
         for i in range(0, len(todo), _BATCH_PARAMS):
             client.log_batch(run_id, params=todo[i:i + _BATCH_PARAMS])
+    elif kind == "end":
+        client.set_terminated(run_id, status=record["status"], end_time=int(record["end_time"]))
+        if (user_env("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT") or "").lower() != "true":
+            for line in view_run_lines(target.uri, target.experiment_id, run_id, target.run_name):
+                print(line, flush=True)
+    elif journal is None:
+        raise ValueError(f"a {kind!r} operation needs the journal that holds its files")
     elif kind == "file":
         client.log_artifact(run_id, str(journal.path / record["path"]), record.get("artifact_path"))
     elif kind == "dir":
         client.log_artifacts(run_id, str(journal.path / record["path"]), record.get("artifact_path"))
     elif kind == "student":
         return _send_student(target, journal, record, memory or {}, replay)
-    elif kind == "end":
-        client.set_terminated(run_id, status=record["status"], end_time=int(record["end_time"]))
-        if (user_env("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT") or "").lower() != "true":
-            for line in view_run_lines(target.uri, target.experiment_id, run_id, target.run_name):
-                print(line, flush=True)
     else:
         raise ValueError(f"unknown tracking operation {kind!r}")
     return None

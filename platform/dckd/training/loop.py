@@ -157,7 +157,6 @@ def run_training(
     except (NonFiniteLossError, ResumeConfigError) as exc:  # raised alike on every rank
         if tracker is not None:
             tracker.end("FAILED")
-        reporter.close()
         if isinstance(exc, NonFiniteLossError):
             kept = f"; the last good checkpoint is {reporter.last_saved}" if reporter.last_saved else \
                 "; no checkpoint had been written"
@@ -228,7 +227,7 @@ def _train(cfg: ExperimentConfig, engine: Engine, reporter: Reporter, tracker: R
     if tracker is not None:
         tracker.log_params_once()
         tracker.log_config()
-    log_file = JsonlWriter(cfg.run_dir / "metrics.jsonl") if chief else None
+    log_file = cfg.run_dir / "metrics.jsonl" if chief else None  # _open_run_dir made its folder
     vals = benchmark_sets(cfg, "val") if chief else []
     protocol = protocol_for(cfg)
 
@@ -253,7 +252,7 @@ def _train(cfg: ExperimentConfig, engine: Engine, reporter: Reporter, tracker: R
             record = window_record(window, engine, time.perf_counter() - tic, world_size=reporter.world_size)
             last.update(record)
             if log_file is not None:
-                log_file.write({"kind": "train", "iter": t, **record})
+                append_record(log_file, {"kind": "train", "iter": t, **record})
                 if on_log:
                     on_log({"kind": "train", "iter": t, **record})
             if tracker is not None:
@@ -266,7 +265,7 @@ def _train(cfg: ExperimentConfig, engine: Engine, reporter: Reporter, tracker: R
             last.update({f"val/{k}": v for k, v in _flatten(last_val).items()})
             last["val_psnr"] = last_val[vals[0][0]]["psnr"]  # the first set: what Tune schedules on
             if log_file is not None:
-                log_file.write({"kind": "val", "iter": t, **_flatten(last_val)})
+                append_record(log_file, {"kind": "val", "iter": t, **_flatten(last_val)})
             reporter.message(f"[{cfg.name}] iter {t}: {_scores(last_val)}")
         if is_val or is_ckpt:
             reporter.report(engine, {"iteration": t, **last}, checkpoint=is_ckpt, on_saved=upload_final)
@@ -321,15 +320,6 @@ def _read_summary(run_dir: Path) -> dict[str, Any]:
         return json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
         return {}
-
-
-class JsonlWriter:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        make_dir(path.parent)
-
-    def write(self, record: dict[str, Any]) -> None:
-        append_record(self.path, record)
 
 
 def window_record(window: list[dict[str, torch.Tensor]], engine: Engine, elapsed: float,

@@ -48,9 +48,9 @@ def output_error(path: Path, exc: BaseException, what: str = "file") -> OutputEr
             reason += f" ({_free_space(path.parent)})"
         elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             reason += " (the output folder is not writable: choose another output_dir)"
-    else:
-        reason = f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__} " \
-                 f"({_free_space(path.parent)})"
+    else:  # torch's writer: "[enforce fail at inline_container.cc:...] ... file write failed"
+        text = str(exc).strip()
+        reason = f"{text.splitlines()[-1] if text else type(exc).__name__} ({_free_space(path.parent)})"
     return OutputError(f"cannot write the {what} {path}: {reason}; earlier files of the run are kept")
 
 
