@@ -33,6 +33,8 @@ STOP_FILE = "stopped.json"
 class RayReporter(Reporter):
     """Rank and world size from the Train context; ``fail_once`` (tests) kills one rank once."""
 
+    on_ray = True
+
     def __init__(self, fail_once: Mapping[str, Any] | None = None) -> None:
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()

@@ -104,10 +104,21 @@ def test_without_local_train_goes_to_the_ray_runner(monkeypatch: pytest.MonkeyPa
 
 def test_bench_report_on_tiny_pair(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     """The whole report, with each case run in this process instead of a spawned one."""
-    monkeypatch.setattr(bench, "_in_child", lambda fn, case: fn(case))
+    monkeypatch.setattr(bench, "make_runner", bench.CaseRunner)
     assert main(["bench", "--json", "--pair", "rcan_tiny_x2", "--vqgan", "reduced", "--batch", "1",
-                 "--patch", "8", "--steps", "1", "--warmup", "0", "--threads", "1", "--no-ray"]) == 0
+                 "--patch", "8", "--steps", "2", "--warmup", "0", "--threads", "1", "--no-ray",
+                 "--precision", "bf16"]) == 0
     report = json.loads(capsys.readouterr().out)
+    # interleaved rounds: every method timed once per round; ratios as median (min, max) of rounds
+    assert all(len(v) == 2 for v in report["step_ms_rounds"].values())
+    r = report["released_over_dckd_bf16_rounds"]
+    assert r["min"] <= r["median"] <= r["max"] and report["dckd_bf16_step_ms"] > 0
+    # FLOPs of one step (forward and backward) and the matmul peak they are set against
+    assert report["released_structure_step_flops"] > report["dckd_step_flops"] > report["scratch_step_flops"] > 0
+    assert report["dckd_achieved_flops_per_s"] > 0 and report["matmul_peak_bf16_flops_per_s"] > 0
+    assert 0 < report["dckd_fraction_of_fp32_peak"] < 1
+    assert set(report["bf16_loss_relative_difference"]) == {"total", "rec", "kd", "dcr", "dmm", "lcr"} - (
+        set() if "lcr" in report["fp32_loss_terms"] else {"lcr"})
     for key in ("scratch_step_ms", "logits_step_ms", "dckd_step_ms", "released_structure_step_ms",
                 "dckd_peak_mem_mb", "dckd_n1_step_ms", "dckd_n3_step_ms", "dckd_n5_step_ms"):
         assert report[key] > 0 or key.endswith("mem_mb"), key

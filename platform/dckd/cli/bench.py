@@ -1,4 +1,4 @@
-"""``dckd bench``: median step time and peak memory of scratch, logits and DCKD (N = 1, 3, 5)."""
+"""``dckd bench``: step time (interleaved rounds), peak memory and FLOPs of scratch, logits and DCKD."""
 
 from __future__ import annotations
 
@@ -16,12 +16,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--patch", type=int, default=32, help="LR patch side")
     p.add_argument("--vqgan", choices=["full", "reduced"], default="full")
-    p.add_argument("--steps", type=int, default=5, help="timed steps per method (median reported)")
+    p.add_argument("--steps", type=int, default=5,
+                   help="interleaved rounds: one timed step of every method per round (medians reported)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+                   help="also time DCKD N=5 in this precision (JSON dckd_<precision>_step_ms); the other "
+                   "methods and the released structure stay fp32")
+    p.add_argument("--layouts", action="store_true",
+                   help="also time DCKD with train.channels_last and with train.compile")
+    p.add_argument("--loader", action="store_true",
+                   help="time the training data loader on 480x480 PNG sub-images (images/s, default workers)")
+    p.add_argument("--no-flops", action="store_true", help="skip the FLOP count and the matmul peak")
     p.add_argument("--no-ray", action="store_true",
-                   help="skip the in-process vs 1-worker Ray Train loop comparison")
+                   help="skip the in-process vs 1-worker Ray Train loop comparisons")
+    p.add_argument("--no-ray-pair", action="store_true",
+                   help="compare Ray and in-process loops on the tiny config only, not on the pair")
+    p.add_argument("--out", default=None, help="also write the JSON report to this file")
     p.add_argument("--json", action="store_true", help="print one JSON object (progress goes to stderr)")
     p.set_defaults(func=run)
 
@@ -31,6 +43,13 @@ def run(args: argparse.Namespace) -> int:
 
     report = run_bench(pair=args.pair, batch=args.batch, patch=args.patch, vqgan=args.vqgan,
                        steps=args.steps, warmup=args.warmup, threads=args.threads, device=args.device,
-                       progress=lambda msg: print(msg, file=sys.stderr, flush=True), ray=not args.no_ray)
+                       progress=lambda msg: print(msg, file=sys.stderr, flush=True), ray=not args.no_ray,
+                       precision=args.precision, layouts=args.layouts, flops=not args.no_flops,
+                       loader=args.loader, ray_pair=not args.no_ray_pair)
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0

@@ -45,6 +45,9 @@ ROUNDING_FIELDS: dict[str, str] = {
     "train.device": "another device computes the same steps with other float rounding",
     "train.threads": "another thread count may reduce in another order (float rounding)",
     "train.frozen_chunk_rows": "frozen passes in other chunks (float rounding)",
+    "train.precision": "bf16 network passes round to 8 mantissa bits (same objective, another trajectory)",
+    "train.channels_last": "another memory layout picks other kernels (float rounding)",
+    "train.compile": "compiled kernels fuse and reorder operations (float rounding)",
 }
 """Fields that change how, not what: free as well, but results can differ at float rounding."""
 

@@ -55,7 +55,12 @@ class TrainDataConfig(Strict):
     hflip: bool = True
     rot: bool = True
     cache_in_memory: bool = False
-    num_workers: int = Field(default=0, ge=0)
+    num_workers: int | None = Field(
+        default=None, ge=0,
+        description="loader processes; default: 0 on a CPU device (the step computes on those cores), "
+        "on a GPU one per CPU this worker has (Ray: ray.cpus_per_worker; locally: the CPUs this process may "
+        "use, divided among the visible GPUs) minus one for the step's own process, at most 8",
+    )
     limit: int | None = Field(
         default=None, ge=1, description="use only the first N training pairs (sorted by name): smoke runs"
     )

@@ -57,6 +57,22 @@ class TrainConfig(Strict):
         default=None, ge=1,
         description="rows per frozen VQGAN pass; default: all at once on a GPU, one image set at a time on a CPU",
     )
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        default="fp32",
+        description="arithmetic of the network passes: bf16 runs them under autocast (losses, parameters, EMA, "
+        "history model and optimizer state stay fp32); auto: bf16 on a CUDA device that supports it and on a "
+        "CPU with AMX or AVX-512 BF16, else fp32 (the run log and MLflow say which and why)",
+    )
+    channels_last: bool = Field(
+        default=False,
+        description="channels-last memory layout for the convolutional networks (RCAN, NAFNet, the VQGAN "
+        "encoder) and their inputs; `dckd bench --layouts` measures whether it pays on a device",
+    )
+    compile: bool = Field(
+        default=False,
+        description="torch.compile the frozen networks (teacher, VQGAN encoder); a compile failure falls back "
+        "to eager with a note",
+    )
     on_nonfinite: Literal["stop", "skip"] = Field(
         default="stop",
         description="a NaN or Inf loss: 'stop' ends the run (naming the term and the iteration; the last "

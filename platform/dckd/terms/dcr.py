@@ -155,7 +155,7 @@ class DCR(Term):
 
         with torch.no_grad():  # one history pass for all N negatives
             neg_in = negative_inputs(step.lq, self.cfg.num_negatives, self.cfg.degradation, step.rng)
-            self._negs = step.encoder.request(features=True, frozen_rows=self.history(neg_in))
+            self._negs = step.encoder.request(features=True, frozen_rows=step.frozen(self.history, neg_in))
 
     def loss(self, step: Any) -> Any:
         from dckd.losses import dynamic_contrastive_loss

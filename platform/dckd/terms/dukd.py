@@ -71,7 +71,6 @@ class DUKD(Term):
         Part of the step's one summed loss, as the DUKD paper writes it (its code takes a second
         optimizer step on the upcycled data instead).
         """
-        import torch
         import torch.nn.functional as F
 
         from dckd.losses import revert
@@ -82,8 +81,7 @@ class DUKD(Term):
         if self.cfg.zoom_out:
             lq = step.lq
             small = zoom_out(lq, s_tiles.shape[-1] // lq.shape[-1])  # tiles have the LR size
-            with torch.no_grad():
-                t_small = step.teacher(small)
-            s_small = step.student(small)
+            t_small = step.frozen(step.teacher, small)
+            s_small = step.forward(step.student, small)
             loss = loss + self.rec_weight * F.l1_loss(s_small, lq) + self.cfg.weight * F.l1_loss(s_small, t_small)
         return loss

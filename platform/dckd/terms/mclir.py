@@ -75,8 +75,7 @@ class MCLIR(Term):
 
         from dckd.losses.perceptual import negative_perceptual_distance
 
-        with torch.no_grad():
-            negs = torch.cat([neg(step.lq) for neg in self.negatives], dim=0)
+        negs = torch.cat([step.frozen(neg, step.lq) for neg in self.negatives], dim=0)
         return -self.cfg.weight * negative_perceptual_distance(self.vgg, step.out, negs, self.cfg.layer_weights)
 
     def after_step(self, iteration: int, student: Any, ema: Any) -> None:

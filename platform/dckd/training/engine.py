@@ -37,7 +37,9 @@ from dckd.training.checkpoint import (
     safe_load,
     upgrade,
 )
+from dckd.training.precision import resolve_precision
 from dckd.training.schedules import lr_at
+from dckd.training.speedups import apply_channels_last, compile_frozen
 from dckd.training.step import EncoderStructure, StepOutput, run_step
 
 log = logging.getLogger("dckd")
@@ -100,6 +102,19 @@ class Engine:
         if cfg.method.needs_vqgan:
             self.vqgan = VQGANFeatures.from_spec(cfg.vqgan, log=self.note).to(self.device)
 
+        # How the passes compute: bf16 (autocast) or fp32; a layout and compiled frozen networks
+        # where asked for. None of these changes a parameter, a state dict or a checkpoint.
+        self.precision = resolve_precision(cfg.train.precision, self.device)
+        if cfg.train.precision != "fp32":
+            self.note(self.precision.describe())
+        if cfg.train.channels_last:
+            apply_channels_last(self._conv_networks(), self.note)
+        self.teacher_pass: nn.Module | None = self.teacher
+        self.vqgan_pass: nn.Module | None = self.vqgan
+        if cfg.train.compile:
+            self.teacher_pass = compile_frozen(self.teacher, "teacher", self.note)
+            self.vqgan_pass = compile_frozen(self.vqgan, "VQGAN encoder", self.note)
+
         setup = TermSetup(experiment=cfg, device=self.device, student=self.student, teacher=self.teacher,
                           note=self.note, build_student=lambda: build_network(cfg.student, cfg.scale))
         self.terms: dict[str, Term] = {name: TERMS[name].build(cfg.method.term(name), setup)
@@ -128,6 +143,19 @@ class Engine:
             self.notes.append(msg)
             self._note(msg)
 
+    def _conv_networks(self) -> list[tuple[str, nn.Module]]:
+        """The networks that are convolutional throughout (channels-last candidates)."""
+        conv = ("rcan", "nafnet")
+        nets: list[tuple[str, nn.Module]] = []
+        if self.cfg.student.resolved_backbone in conv:
+            nets.append(("student", self.student))
+            nets.append(("EMA student", self.ema))
+        if self.teacher is not None and self.cfg.teacher is not None and self.cfg.teacher.resolved_backbone in conv:
+            nets.append(("teacher", self.teacher))
+        if self.vqgan is not None:
+            nets.append(("VQGAN encoder", self.vqgan))
+        return nets
+
     @property
     def vqgan_pretrained(self) -> bool | None:
         return None if self.vqgan is None else bool(self.vqgan.pretrained)
@@ -155,8 +183,11 @@ class Engine:
     # ------------------------------------------------------------------ step
     def compute(self, lq: torch.Tensor, gt: torch.Tensor, rng: StepRng) -> StepOutput:
         """Every enabled term's loss on one batch (on the device), without an optimizer step."""
-        return run_step(self.terms.values(), lq, gt, rng, self.train_module, self.teacher, self.vqgan,
-                        chunk_rows=self.cfg.train.frozen_chunk_rows, encoder_structure=self.encoder_structure)
+        if self.cfg.train.channels_last and lq.dim() == 4:
+            lq = lq.contiguous(memory_format=torch.channels_last)
+        return run_step(self.terms.values(), lq, gt, rng, self.train_module, self.teacher_pass, self.vqgan_pass,
+                        chunk_rows=self.cfg.train.frozen_chunk_rows, encoder_structure=self.encoder_structure,
+                        precision=self.precision)
 
     def train_step(self, lq: torch.Tensor, gt: torch.Tensor) -> dict[str, torch.Tensor]:
         """One optimisation step; returns detached loss terms (convert with ``.item()`` when logging)."""

@@ -76,13 +76,41 @@ def training_stages(cfg: ExperimentConfig) -> list[Stage]:
     return [Stage(end=m, lq_patch=lp, batch_size=bs) for m, lp, bs in zip(p.milestones, p.lq_patches, p.batch_sizes)]
 
 
-def make_loader(cfg: ExperimentConfig, start_iter: int, end_iter: int, rank: int = 0) -> DataLoader:
+def loader_workers(cfg: ExperimentConfig, device: torch.device, cpus: float | None = None) -> tuple[int, str]:
+    """``data.train.num_workers``, or its default for this device, with the rule that gave it.
+
+    On a CPU device the step computes on every core it has, and loader processes would take
+    them from it: 0 (the patches are cut in the step's process). On a GPU the loader must keep
+    up with a step that no longer waits for the CPU: one process per CPU of this worker minus
+    one for the step's own process, at most 8. The CPUs are ``ray.cpus_per_worker`` on a Ray
+    worker (``cpus``), else those this process may use, shared among the visible GPUs.
+    """
+    if cfg.data.train.num_workers is not None:
+        return cfg.data.train.num_workers, "data.train.num_workers"
+    if device.type != "cuda":
+        return 0, "default on a CPU device: 0 (the step uses the cores)"
+    if cpus is None:
+        import os
+
+        own = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        gpus = max(1, torch.cuda.device_count())
+        cpus, where = own / gpus, f"{own} CPUs / {gpus} GPU(s)"
+    else:
+        where = f"ray.cpus_per_worker={cpus:g}"
+    n = max(0, min(8, int(cpus) - 1))
+    return n, f"default on a GPU: {where}, minus 1 for the step, at most 8"
+
+
+def make_loader(cfg: ExperimentConfig, start_iter: int, end_iter: int, rank: int = 0,
+                device: torch.device | None = None, cpus: float | None = None) -> DataLoader:
     """Batches for iterations start_iter+1 .. end_iter: sample k of the run is always the same patch.
 
     The batch of iteration t has the patch side and batch size of its stage (progressive learning);
-    ``rank`` gives each Ray worker its own sample stream.
+    ``rank`` gives each Ray worker its own sample stream. ``device`` and ``cpus`` choose the
+    default number of loader processes (``loader_workers``).
     """
     t = cfg.data.train
+    workers, _rule = loader_workers(cfg, device or torch.device("cpu"), cpus)
     dataset = TrainPatches(
         train_pairs(cfg), cfg.scale, lq_patch=t.lq_patch, hflip=t.hflip, rot=t.rot,
         seed=cfg.seed, rank=rank, cache_in_memory=t.cache_in_memory,
@@ -91,7 +119,7 @@ def make_loader(cfg: ExperimentConfig, start_iter: int, end_iter: int, rank: int
     return DataLoader(
         dataset,
         batch_sampler=IterationBatches(training_stages(cfg), start_iter, end_iter),
-        num_workers=t.num_workers,
+        num_workers=workers,
         generator=torch.Generator().manual_seed(cfg.seed),  # keeps the global RNG untouched
         persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
@@ -151,6 +179,9 @@ def run_training(
             _open_run_dir(cfg, engine, reporter, changes)
         if tracker is not None and (run_id := tracker.start(engine.extra.get("mlflow_run_id"))) is not None:
             engine.extra["mlflow_run_id"] = run_id
+        if tracker is not None:
+            tracker.set_tags({"dckd.precision": engine.precision.name,
+                              "dckd.precision_reason": engine.precision.reason})
         if tracker is not None and engine.extra.get("config_changes"):
             tracker.set_tags({"dckd.config_changes": json.dumps(engine.extra["config_changes"])})
         summary = _train(cfg, engine, reporter, tracker, stop_at, on_log)
@@ -241,7 +272,8 @@ def _train(cfg: ExperimentConfig, engine: Engine, reporter: Reporter, tracker: R
     example: torch.Tensor | None = None
     reporter.begin(start_iter, end)
     tic = time.perf_counter()
-    for batch in make_loader(cfg, start_iter, end, rank=reporter.rank):
+    for batch in make_loader(cfg, start_iter, end, rank=reporter.rank, device=engine.device,
+                             cpus=cfg.ray.cpus_per_worker if reporter.on_ray else None):
         reporter.before_step(engine.iteration + 1)
         terms = engine.train_step(batch["lq"], batch["gt"])
         example = batch["lq"][:1]
@@ -307,6 +339,7 @@ def _summary(cfg: ExperimentConfig, engine: Engine, val: dict[str, Any]) -> dict
         "finished": engine.iteration >= cfg.train.iterations,
         "val": val,
         "vqgan_pretrained": engine.vqgan_pretrained,
+        "precision": engine.precision.name,
         "notes": engine.notes,
         "mlflow_run_id": engine.extra.get("mlflow_run_id"),
         **({"nonfinite_skipped": engine.extra["nonfinite_skipped"]} if engine.extra.get("nonfinite_skipped") else {}),

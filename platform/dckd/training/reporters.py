@@ -70,6 +70,8 @@ class Reporter(ABC):
 
     rank: int = 0
     world_size: int = 1
+    #: Whether this is a Ray Train worker (whose CPUs are ``ray.cpus_per_worker``, not the machine's).
+    on_ray: bool = False
     #: The newest checkpoint this run resumed from or wrote (named when a run stops on an error).
     last_saved: Path | str | None = None
 

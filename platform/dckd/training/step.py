@@ -9,7 +9,10 @@ forward hooks on those same passes (FAKD, MiPKD: the teacher never runs twice fo
 for the VQGAN encoder ONE frozen pass over the positive and every negative (the codebook
 only on the positive; cut into one image set per call on a CPU, where that is faster) and
 ONE differentiable pass over the student's output that serves DCR and DMM. DCR's history
-pass over all N negatives is the DCR term's own (one pass, in ``gather``).
+pass over all N negatives is the DCR term's own (one pass, in ``gather``, through ``frozen``).
+
+Precision (``dckd.training.precision``): every network pass runs in the run's autocast region
+and its results leave it in fp32, so the terms' losses are computed in fp32 outside it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dckd.losses import tap_outputs
 from dckd.losses.degradations import StepRng
 from dckd.models.vqgan import VQGANOutput
 from dckd.terms.base import Term
+from dckd.training.precision import FP32_CPU, Precision, to_fp32
 
 #: How the VQGAN encoder passes are organised: "shared" (the step's one frozen and one
 #: differentiable pass) or "released" (the authors' structure: per term and per image set;
@@ -73,8 +77,10 @@ class EncoderPasses:
     """
 
     def __init__(self, encoder: nn.Module, anchor: Tensor, positive: Tensor, chunk_rows: int | None,
-                 structure: EncoderStructure = "shared") -> None:
-        self.encoder, self.anchor, self.positive = encoder, anchor, positive
+                 structure: EncoderStructure = "shared", precision: Precision = FP32_CPU) -> None:
+        self.anchor, self.positive = anchor, positive
+        self.precision = precision
+        self._net = encoder
         self.chunk_rows, self.structure = chunk_rows, structure
         self.b = anchor.shape[0]
         self._extra: list[Tensor] = []
@@ -90,6 +96,12 @@ class EncoderPasses:
             return -1
         self._extra.append(frozen_rows)
         return len(self._extra) - 1
+
+    def encoder(self, x: Tensor, codebook_rows: int | None = None) -> VQGANOutput:
+        """One encoder call in the run's precision; features and logits come back in fp32."""
+        with self.precision.autocast():
+            out = self._net(x, codebook_rows=codebook_rows)
+        return VQGANOutput(features=to_fp32(out.features), logits=to_fp32(out.logits))
 
     # ----------------------------------------------------------------- reading
     def anchor_features(self) -> list[Tensor]:
@@ -166,8 +178,9 @@ class Step:
 
     def __init__(self, lq: Tensor, gt: Tensor, rng: StepRng, student: nn.Module, teacher: nn.Module | None,
                  encoder: nn.Module | None, chunk_rows: int | None = None,
-                 encoder_structure: EncoderStructure = "shared") -> None:
+                 encoder_structure: EncoderStructure = "shared", precision: Precision = FP32_CPU) -> None:
         self.lq, self.gt, self.rng = lq, gt, rng
+        self.precision = precision
         self.student, self.teacher, self._encoder_net = student, teacher, encoder
         self.b = lq.shape[0]
         self.chunk_rows, self.encoder_structure = chunk_rows, encoder_structure
@@ -209,31 +222,43 @@ class Step:
             if self._encoder_net is None or self.out is None or self.teacher_out is None:
                 raise ValueError("the VQGAN encoder passes need the encoder, the student's and the teacher's outputs")
             self._encoder = EncoderPasses(self._encoder_net, self.out, self.teacher_out, self.chunk_rows,
-                                          self.encoder_structure)
+                                          self.encoder_structure, self.precision)
         return self._encoder
 
     # ----------------------------------------------------------------- the passes
+    def frozen(self, net: nn.Module, x: Tensor) -> Tensor:
+        """A frozen network's pass (no_grad, the run's precision), returned in fp32."""
+        with torch.no_grad(), self.precision.autocast():
+            return to_fp32(net(x))
+
+    def forward(self, net: nn.Module, x: Tensor) -> Tensor:
+        """A differentiable pass (e.g. the student on extra inputs) in the run's precision, in fp32."""
+        with self.precision.autocast():
+            return to_fp32(net(x))
+
     def run_networks(self, with_teacher: bool) -> None:
         """The one teacher pass (no_grad) and the one student pass, with the requested taps."""
         if with_teacher:
             if self.teacher is None:
                 raise ValueError("these terms need a teacher")
-            with torch.no_grad(), tap_outputs(self.teacher, self._t_tap_names, "teacher layers") as t_taps:
-                self._teacher_rows.result = self.teacher(self._teacher_rows.input())
-            self.t_taps = t_taps
+            with torch.no_grad(), tap_outputs(self.teacher, self._t_tap_names, "teacher layers") as t_taps, \
+                    self.precision.autocast():
+                self._teacher_rows.result = to_fp32(self.teacher(self._teacher_rows.input()))
+            self.t_taps = to_fp32(dict(t_taps))
             self.teacher_out = self.teacher_result(0)
-        with tap_outputs(self.student, self._s_tap_names, "student layers") as s_taps:
-            self._student_rows.result = self.student(self._student_rows.input())
-        self.s_taps = s_taps
+        with tap_outputs(self.student, self._s_tap_names, "student layers") as s_taps, self.precision.autocast():
+            self._student_rows.result = to_fp32(self.student(self._student_rows.input()))
+        self.s_taps = to_fp32(dict(s_taps))
         self.out = self.student_result(0)
 
 
 def run_step(terms: Iterable[Term], lq: Tensor, gt: Tensor, rng: StepRng, student: nn.Module,
              teacher: nn.Module | None = None, encoder: nn.Module | None = None, *,
-             chunk_rows: int | None = None, encoder_structure: EncoderStructure = "shared") -> StepOutput:
+             chunk_rows: int | None = None, encoder_structure: EncoderStructure = "shared",
+             precision: Precision = FP32_CPU) -> StepOutput:
     """Every term's loss for one batch: plan, the shared passes, gather, losses (registry order)."""
     terms = list(terms)
-    step = Step(lq, gt, rng, student, teacher, encoder, chunk_rows, encoder_structure)
+    step = Step(lq, gt, rng, student, teacher, encoder, chunk_rows, encoder_structure, precision)
     for term in terms:
         term.plan(step)
     step.run_networks(with_teacher=any(t.needs_teacher for t in terms))
