@@ -86,27 +86,39 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def matmul_flops_per_s(dtype_name: str, device: str, n: int | None = None, reps: int = 3) -> float:
-    """FLOP/s of an n x n matmul (2 n^3 FLOPs) in ``dtype_name``: the reachable peak of the device."""
+def matmul_flops_per_s(dtype_name: str, device: str, n: int | None = None, reps: int = 3,
+                       min_seconds: float = 0.1) -> float:
+    """FLOP/s of an n x n matmul (2 n^3 FLOPs) in ``dtype_name``: the reachable peak of the device.
+
+    Without ``n`` the side doubles from 512 until one matmul takes ``min_seconds`` (or 4096 on
+    a CPU, 16384 on a GPU), so the figure is a large-matrix rate on fast and slow devices alike.
+    """
     import torch
 
     dev = torch.device(device)
-    n = n or (8192 if dev.type == "cuda" else 2048)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    g = torch.Generator(device=dev).manual_seed(0)
-    a = torch.rand(n, n, generator=g, device=dev).to(dtype)
-    b = torch.rand(n, n, generator=g, device=dev).to(dtype)
-    times = []
-    for i in range(reps + 1):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        tic = time.perf_counter()
-        a @ b
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        if i:  # the first is a warm-up
-            times.append(time.perf_counter() - tic)
-    return 2.0 * n**3 / statistics.median(times)
+
+    def timed(side: int, count: int) -> float:
+        g = torch.Generator(device=dev).manual_seed(0)
+        a = torch.rand(side, side, generator=g, device=dev).to(dtype)
+        b = torch.rand(side, side, generator=g, device=dev).to(dtype)
+        times = []
+        for i in range(count + 1):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            tic = time.perf_counter()
+            a @ b
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            if i:  # the first is a warm-up
+                times.append(time.perf_counter() - tic)
+        return statistics.median(times)
+
+    if n is None:
+        n, cap = 512, (16384 if dev.type == "cuda" else 4096)
+        while n < cap and timed(n, 1) < min_seconds:
+            n *= 2
+    return 2.0 * n**3 / timed(n, reps)
 
 
 class CaseRunner:
@@ -473,8 +485,12 @@ def pair_overhead_config(data_dir: Path, out_dir: Path, window: int, pair: str, 
     data = loop_overhead_config(data_dir, out_dir, window)
     data.update(scale=scale, teacher={"preset": teacher}, student={"preset": student}, vqgan={})
     data["data"]["train"]["lq_patch"] = 32
+    # The same threads in both (a Ray worker otherwise gets OMP_NUM_THREADS = its CPUs).
+    import os
+
+    threads = threads or os.cpu_count() or 1
     data["train"].update(batch_size=2, threads=threads)
-    data["ray"]["cpus_per_worker"] = float(threads or 1)
+    data["ray"]["cpus_per_worker"] = float(threads)
     return data
 
 

@@ -105,6 +105,8 @@ def test_without_local_train_goes_to_the_ray_runner(monkeypatch: pytest.MonkeyPa
 def test_bench_report_on_tiny_pair(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     """The whole report, with each case run in this process instead of a spawned one."""
     monkeypatch.setattr(bench, "make_runner", bench.CaseRunner)
+    real = bench.matmul_flops_per_s
+    monkeypatch.setattr(bench, "matmul_flops_per_s", lambda dtype, device: real(dtype, device, n=256, reps=1))
     assert main(["bench", "--json", "--pair", "rcan_tiny_x2", "--vqgan", "reduced", "--batch", "1",
                  "--patch", "8", "--steps", "2", "--warmup", "0", "--threads", "1", "--no-ray",
                  "--precision", "bf16"]) == 0

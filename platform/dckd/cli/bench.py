@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--negatives", default="1,3,5",
+                   help="DCKD negative counts to time, comma-separated (default 1,3,5; 5 is always included)")
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
                    help="also time DCKD N=5 in this precision (JSON dckd_<precision>_step_ms); the other "
                    "methods and the released structure stay fp32")
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     report = run_bench(pair=args.pair, batch=args.batch, patch=args.patch, vqgan=args.vqgan,
                        steps=args.steps, warmup=args.warmup, threads=args.threads, device=args.device,
                        progress=lambda msg: print(msg, file=sys.stderr, flush=True), ray=not args.no_ray,
-                       precision=args.precision, layouts=args.layouts, flops=not args.no_flops,
+                       negatives=_negatives(args.negatives), precision=args.precision, layouts=args.layouts, flops=not args.no_flops,
                        loader=args.loader, ray_pair=not args.no_ray_pair)
     if args.out:
         from pathlib import Path
@@ -53,3 +55,13 @@ def run(args: argparse.Namespace) -> int:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0
+
+
+def _negatives(text: str) -> tuple[int, ...]:
+    try:
+        values = sorted({int(x) for x in text.split(",") if x.strip()} | {5})
+    except ValueError:
+        raise SystemExit(f"dckd bench: error: --negatives {text!r}: comma-separated integers, e.g. 1,3,5") from None
+    if values[0] < 1:
+        raise SystemExit(f"dckd bench: error: --negatives {text!r}: counts must be at least 1")
+    return tuple(values)

@@ -124,6 +124,12 @@ def run_summary(cfg: ExperimentConfig, world_size: int) -> list[str]:
         lines.append(f"release switches: {switches_summary(m)}")
     lines.append(f"schedule: {schedule_summary(cfg.schedule, cfg.optim.lr, cfg.train.iterations)}")
     lines.append(f"batch: {batch_summary(cfg, world_size)}")
+    if cfg.train.precision != "fp32":
+        from dckd.training.engine import resolve_device
+        from dckd.training.precision import resolve_precision
+
+        lines.append(resolve_precision(cfg.train.precision, resolve_device(cfg.train.device)).describe()
+                     + " (here; Ray workers resolve it on their own device)")
     if (note := batch_note(cfg, world_size)) is not None:
         lines.append(f"note: {note}")
     return lines
