@@ -217,3 +217,19 @@ def test_compile_failure_falls_back_to_eager_with_a_note(tmp_path: Path, hr_fold
     monkeypatch.setattr(torch, "compile", refuses)
     engine = _engine(tmp_path, hr_folder, compile=True)
     assert sum("could not be compiled" in n for n in engine.notes) == 2
+
+
+def test_loader_workers_default_to_none_on_cpu_and_to_the_workers_cpus_on_a_gpu(tmp_path: Path,
+                                                                               hr_folder: Path) -> None:
+    from dckd.training.loop import loader_workers
+
+    d = tiny_config_dict(hr_folder, tmp_path / "run")
+    cfg = load_config(data=d)
+    assert cfg.data.train.num_workers is None
+    assert loader_workers(cfg, torch.device("cpu"))[0] == 0
+    n, rule = loader_workers(cfg, torch.device("cuda"), cpus=6)
+    assert n == 5 and "ray.cpus_per_worker=6" in rule
+    assert loader_workers(cfg, torch.device("cuda"), cpus=32)[0] == 8
+    assert loader_workers(cfg, torch.device("cuda"), cpus=1)[0] == 0
+    d["data"]["train"]["num_workers"] = 3
+    assert loader_workers(load_config(data=d), torch.device("cpu")) == (3, "data.train.num_workers")
