@@ -124,12 +124,10 @@ def run_summary(cfg: ExperimentConfig, world_size: int) -> list[str]:
         lines.append(f"release switches: {switches_summary(m)}")
     lines.append(f"schedule: {schedule_summary(cfg.schedule, cfg.optim.lr, cfg.train.iterations)}")
     lines.append(f"batch: {batch_summary(cfg, world_size)}")
-    if cfg.train.precision != "fp32":
-        from dckd.training.engine import resolve_device
-        from dckd.training.precision import resolve_precision
-
-        lines.append(resolve_precision(cfg.train.precision, resolve_device(cfg.train.device)).describe()
-                     + " (here; Ray workers resolve it on their own device)")
+    if cfg.train.precision != "fp32":  # resolved on each worker's device when it starts (no torch here)
+        lines.append(f"precision: {cfg.train.precision} (auto: bf16 on a CUDA device with bf16 or a CPU with AMX "
+                     "or AVX-512 BF16, else fp32; the run log says which and why)"
+                     if cfg.train.precision == "auto" else "precision: bf16 network passes, fp32 losses and state")
     if (note := batch_note(cfg, world_size)) is not None:
         lines.append(f"note: {note}")
     return lines
