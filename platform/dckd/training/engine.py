@@ -109,11 +109,9 @@ class Engine:
             self.note(self.precision.describe())
         if cfg.train.channels_last:
             apply_channels_last(self._conv_networks(), self.note)
-        self.teacher_pass: nn.Module | None = self.teacher
-        self.vqgan_pass: nn.Module | None = self.vqgan
-        if cfg.train.compile:
-            self.teacher_pass = compile_frozen(self.teacher, "teacher", self.note)
-            self.vqgan_pass = compile_frozen(self.vqgan, "VQGAN encoder", self.note)
+        if cfg.train.compile:  # in place: the modules keep their names, hooks and state dicts
+            compile_frozen(self.teacher, "teacher", self.note)
+            compile_frozen(self.vqgan, "VQGAN encoder", self.note)
 
         setup = TermSetup(experiment=cfg, device=self.device, student=self.student, teacher=self.teacher,
                           note=self.note, build_student=lambda: build_network(cfg.student, cfg.scale))
@@ -185,7 +183,7 @@ class Engine:
         """Every enabled term's loss on one batch (on the device), without an optimizer step."""
         if self.cfg.train.channels_last and lq.dim() == 4:
             lq = lq.contiguous(memory_format=torch.channels_last)
-        return run_step(self.terms.values(), lq, gt, rng, self.train_module, self.teacher_pass, self.vqgan_pass,
+        return run_step(self.terms.values(), lq, gt, rng, self.train_module, self.teacher, self.vqgan,
                         chunk_rows=self.cfg.train.frozen_chunk_rows, encoder_structure=self.encoder_structure,
                         precision=self.precision)
 

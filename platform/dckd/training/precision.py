@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -114,10 +113,3 @@ def to_fp32(x: Any) -> Any:
     if isinstance(x, dict):
         return {k: to_fp32(v) for k, v in x.items()}
     return x
-
-
-@contextlib.contextmanager
-def fp32_region(device_type: str) -> Iterator[None]:
-    """Autocast switched off (for losses computed inside a term that runs networks of its own)."""
-    with torch.autocast(device_type=device_type, enabled=False):
-        yield
