@@ -1,0 +1,121 @@
+"""Paired statistics of per-image scores: is a PSNR gain more than noise?
+
+Two methods scored on the same test images give one difference per image. Its mean is the gain;
+a percentile bootstrap over the images (fixed seed, so a report is reproducible) gives its 95%
+interval, and the Wilcoxon signed-rank test (scipy) its p-value. A difference is *resolved* at
+95% when the interval excludes zero.
+
+With several seeds per method, each image's score is first averaged over the seeds, so the
+interval is over images at the seed-averaged model; the spread across seeds (of the per-seed
+mean difference) is reported beside it, because the bootstrap over images does not see it.
+Images are paired by name: only those scored for both methods (and by every seed) count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+BOOTSTRAP_SAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """mean(a − b) over paired images, its bootstrap interval and the Wilcoxon p-value."""
+
+    n: int
+    mean: float
+    low: float
+    high: float
+    p_value: float | None  # None: fewer than two images, or every difference zero
+    level: float = LEVEL
+
+    @property
+    def resolved(self) -> bool:
+        """The interval excludes zero: the sign of the difference is not noise at this level."""
+        return self.n > 1 and (self.low > 0 or self.high < 0)
+
+
+def bootstrap_interval(diffs: Sequence[float] | np.ndarray, samples: int = BOOTSTRAP_SAMPLES,
+                       seed: int = BOOTSTRAP_SEED, level: float = LEVEL) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean: resample the images with replacement ``samples`` times.
+
+    Draws are ``numpy.random.default_rng(seed).integers(0, n, size=(samples, n))``; the bounds are
+    ``numpy.percentile`` (linear interpolation) of the resampled means at (1 ± level) / 2.
+    """
+    d = np.asarray(diffs, dtype=np.float64)
+    n = d.size
+    if n == 0:
+        return math.nan, math.nan
+    if n == 1:
+        return float(d[0]), float(d[0])
+    idx = np.random.default_rng(seed).integers(0, n, size=(samples, n))
+    means = d[idx].mean(axis=1)
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def wilcoxon_p(diffs: Sequence[float] | np.ndarray) -> float | None:
+    """Two-sided Wilcoxon signed-rank p-value (scipy's default method: exact for small n without ties)."""
+    from scipy.stats import wilcoxon
+
+    d = np.asarray(diffs, dtype=np.float64)
+    if d.size < 2 or not np.any(d != 0):
+        return None
+    return float(wilcoxon(d).pvalue)
+
+
+def paired_difference(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *,
+                      samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED,
+                      level: float = LEVEL) -> PairedDifference:
+    """Paired statistics of ``a − b`` (equal-length arrays, element i of both from the same image)."""
+    a_, b_ = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a_.shape != b_.shape:
+        raise ValueError(f"paired scores need equal lengths, got {a_.shape} and {b_.shape}")
+    d = a_ - b_
+    low, high = bootstrap_interval(d, samples, seed, level)
+    return PairedDifference(n=int(d.size), mean=float(d.mean()) if d.size else math.nan, low=low, high=high,
+                            p_value=wilcoxon_p(d), level=level)
+
+
+PerImage = Mapping[str, float]  # image name -> score
+
+
+def seed_averaged(per_seed: Sequence[PerImage]) -> dict[str, float]:
+    """Each image's score averaged over the seeds that all scored it (images some seed lacks are dropped)."""
+    if not per_seed:
+        return {}
+    common = set(per_seed[0]).intersection(*per_seed[1:])
+    return {name: float(np.mean([s[name] for s in per_seed])) for name in sorted(common)}
+
+
+def compare(cell: Sequence[PerImage], reference: Sequence[PerImage], **kw: float) -> PairedDifference:
+    """Paired difference of a cell against a reference, each given as one per-image mapping per seed."""
+    a, b = seed_averaged(cell), seed_averaged(reference)
+    names = sorted(set(a) & set(b))
+    return paired_difference([a[n] for n in names], [b[n] for n in names], **kw)  # type: ignore[arg-type]
+
+
+def seed_spread(values: Sequence[float]) -> tuple[float, float | None]:
+    """(mean, sample standard deviation) over seeds; the std is None for a single seed."""
+    v = [float(x) for x in values if x is not None and math.isfinite(x)]
+    if not v:
+        return math.nan, None
+    return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else None)
+
+
+def per_seed_differences(cell: Mapping[int, PerImage], reference: Mapping[int, PerImage]) -> list[float]:
+    """For each seed both sides ran, the mean over shared images of cell − reference (same seed:
+    same initial weights, data order and draws, so the seeds pair too)."""
+    out = []
+    for seed in sorted(set(cell) & set(reference)):
+        names = sorted(set(cell[seed]) & set(reference[seed]))
+        if names:
+            out.append(float(np.mean([cell[seed][n] - reference[seed][n] for n in names])))
+    return out
