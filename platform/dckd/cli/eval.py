@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from dckd.config import BenchmarkConfig, load_config
 from dckd.errors import CheckpointError, ConfigError
@@ -22,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", choices=["ema", "student"], default="ema")
     p.add_argument("--save-dir", help="write the restored images here, one folder per set")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--scores-csv", default=None, metavar="PATH",
+                   help="write per-image PSNR/SSIM (per tile with eval.score_tiles) as CSV, for dckd's paired "
+                        "statistics")
     p.set_defaults(func=run)
 
 
@@ -68,7 +72,14 @@ def run(args: argparse.Namespace) -> int:
     if not sets:
         raise ConfigError("no benchmark to score: the config lists none and no --bench was given")
     with torch.no_grad():
-        results = evaluate_sets(model, sets, protocol_for(cfg), device, save_dir=args.save_dir)
+        results = evaluate_sets(model, sets, protocol_for(cfg), device, save_dir=args.save_dir,
+                                per_image=bool(args.scores_csv), tiles=cfg.eval.score_tiles)
+    if args.scores_csv:
+        from dckd.evaluation.benchmarks import scores_csv
+        from dckd.training.rundir import write_text
+
+        write_text(Path(args.scores_csv), scores_csv(results), "per-image scores")
+        results = {name: {k: v for k, v in m.items() if k != "per_image"} for name, m in results.items()}
     if args.json:
         report = {"iteration": state.get("iteration"), "weights": args.weights, "results": results}
         print(json.dumps(json_ready(report), indent=2, allow_nan=False))

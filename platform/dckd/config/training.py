@@ -88,6 +88,10 @@ class EvalConfig(Strict):
     y_channel: bool | None = None
     round_y: bool | None = None
     weights: Literal["ema", "student"] = "ema"
+    score_tiles: int | None = Field(
+        default=None, ge=8,
+        description="per-image test scores per fixed tile of this side (HR px) of each restored image, for "
+                    "paired statistics on test sets of few images (the set's mean stays whole-image)")
 
 
 class TrackingConfig(Strict):

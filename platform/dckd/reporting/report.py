@@ -7,7 +7,10 @@ which writes into its output folder:
     report.html      the same, self-contained: inline CSS, plots and samples as data: URIs,
                      so one file can be mailed or logged as an MLflow artifact and still show
     results.csv      one row per (table, cell, benchmark) for further analysis
-    plots/           per table: reproduced vs published PSNR, and the PSNR difference
+    paired.csv       each cell against the reference cells: paired Δ PSNR, 95% interval, Wilcoxon p
+    per_image.csv    every run's per-image PSNR (the paired statistics can be redone from it)
+    plots/           per table: reproduced vs published PSNR, the PSNR difference, PSNR over
+                     seeds (K > 1) and a forest plot of the paired differences
     samples/         the first side-by-side restoration of each cell
 
 Nothing in a result is trusted to be complete: a cell that failed has no metrics, a cell the
@@ -31,7 +34,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dckd.reporting import evidence
 from dckd.reporting.describe import PRESET_LEGEND
+from dckd.reporting.evidence import Comparison, SeedRun
 
 if TYPE_CHECKING:
     from dckd.reporting.tables import TableSpec
@@ -54,11 +59,13 @@ class TableInfo:
     paper_ref: str = ""
     benchmarks: list[str] = field(default_factory=list)
     notes: str = ""
+    #: The cells every other cell is compared with, image by image (``dckd.reporting.evidence``).
+    references: list[str] = field(default_factory=list)
 
     @classmethod
     def from_spec(cls, spec: TableSpec) -> TableInfo:
         return cls(table=spec.table, title=spec.title, paper_ref=spec.paper_ref,
-                   benchmarks=list(spec.benchmarks), notes=spec.notes)
+                   benchmarks=list(spec.benchmarks), notes=spec.notes, references=spec.reference_cells)
 
     @property
     def heading(self) -> str:
@@ -81,6 +88,12 @@ class CellResult:
     error: str | None = None
     #: How the cell trained, in words (``SETTINGS`` keys: method, terms, schedule, batch).
     settings: dict[str, str] = field(default_factory=dict)
+    #: Its training runs, one per seed (``metrics`` is their mean); empty when not known.
+    runs: list[SeedRun] = field(default_factory=list)
+    #: The pre-run estimate of its training steps, summed over seeds (``device_s``, ``train_s``).
+    estimate: dict[str, float] | None = None
+    best_seed: int | None = None  # the seed whose student was registered, with K > 1
+    registered: str | None = None
 
 
 # --------------------------------------------------------------------------- numbers
@@ -142,6 +155,8 @@ class _Table:
     info: TableInfo
     rows: list[_Row]
     plots: dict[str, Path] = field(default_factory=dict)  # kind -> path relative to the output folder
+    comparisons: list[Comparison] = field(default_factory=list)
+    results: list[CellResult] = field(default_factory=list)
 
     @property
     def benchmarks(self) -> list[str]:
@@ -153,7 +168,8 @@ def _build(tables: Sequence[TableInfo], results: Sequence[CellResult]) -> list[_
 
     Benchmarks a result has beyond its table's columns are appended rather than dropped.
     """
-    infos = {t.table: TableInfo(t.table, t.title, t.paper_ref, list(t.benchmarks), t.notes) for t in tables}
+    infos = {t.table: TableInfo(t.table, t.title, t.paper_ref, list(t.benchmarks), t.notes, list(t.references))
+             for t in tables}
     grouped: dict[str, list[CellResult]] = {t: [] for t in infos}
     for r in results:
         grouped.setdefault(r.table, []).append(r)
@@ -174,7 +190,7 @@ def _build(tables: Sequence[TableInfo], results: Sequence[CellResult]) -> list[_
                 for row, v in zip(rows, values):
                     if v == top:
                         row.best.add(bench)
-        out.append(_Table(info, rows))
+        out.append(_Table(info, rows, comparisons=evidence.comparisons(info, cells), results=cells))
     return out
 
 
@@ -285,6 +301,13 @@ def plot_tables(model: list[_Table], out_dir: Path) -> None:
             fig.tight_layout()
             t.plots["delta_psnr"] = _save(fig, folder / f"{_slug(t.info.table)}_delta_psnr.png", out_dir)
             plt.close(fig)
+        if any(len(r.runs) > 1 for r in t.results):
+            seeds = evidence.plot_seeds(t.info, t.results, folder / f"{_slug(t.info.table)}_psnr_seeds.png", _plain)
+            if seeds is not None:
+                t.plots["psnr_seeds"] = seeds.relative_to(out_dir)
+        forest = evidence.plot_forest(t.info, t.comparisons, folder / f"{_slug(t.info.table)}_forest.png", _plain)
+        if forest is not None:
+            t.plots["forest"] = forest.relative_to(out_dir)
 
 
 def _plain(text: str) -> str:
@@ -322,6 +345,75 @@ def _mean_delta(t: _Table) -> str | None:
     if not ds:
         return None
     return f"mean Δ PSNR {fmt(sum(ds) / len(ds), 2, signed=True)} dB over {len(ds)} published score(s)"
+
+
+def _summary_line(t: _Table) -> str | None:
+    parts = [_status_summary([r.result for r in t.rows])]
+    if (mean := _mean_delta(t)) is not None:
+        parts.append(mean)
+    if (cost := evidence.table_total(t.info, t.results)) is not None:
+        parts.append(cost)
+    return "; ".join(parts) if len(parts) > 1 else None
+
+
+def _evidence_intro(t: _Table) -> str:
+    seeds = max((len(r.runs) for r in t.results), default=0)
+    refs = ", ".join(t.info.references) or "none"
+    return (f"Paired differences against the reference cells ({refs}): Y-PSNR (dB) of each cell minus the "
+            "reference's, image by image" + (f", each image averaged over the {seeds} seeds" if seeds > 1 else "")
+            + "; the 95% interval is a percentile bootstrap over the images (10,000 resamples, seed 0) and "
+            "p is the two-sided Wilcoxon signed-rank test. Resolved: the interval excludes 0."
+            + (" The per-seed column is the spread of the seed-by-seed mean differences (same seed: same "
+               "initial weights and data order), which the bootstrap over images does not see." if seeds > 1
+               else ""))
+
+
+def _best_seed_lines(t: _Table) -> list[str]:
+    return [f"{r.label or r.cell}: the registered student is seed {r.best_seed}'s (best mean test PSNR of "
+            f"{len(r.runs)} seeds)" + (f", {r.registered}" if r.registered else "")
+            for r in t.results if r.best_seed is not None]
+
+
+def _md_evidence(t: _Table) -> list[str]:
+    lines: list[str] = []
+    if t.comparisons:
+        lines += [_md(_evidence_intro(t)), "", "| " + " | ".join(evidence.COMPARISON_HEAD) + " |",
+                  "|" + "---|" * len(evidence.COMPARISON_HEAD)]
+        lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in evidence.comparison_rows(t.comparisons)]
+        lines.append("")
+    elif t.results and not t.info.references:
+        lines += ["No reference cells: name them with `references:` in the table file for paired statistics.", ""]
+    cost = evidence.cost_rows(t.info, t.results)
+    if any(r.runs for r in t.results):
+        lines += ["Seeds and cost (device time = workers x devices x wall time; training steps: the part the "
+                  "estimate covers, without start-up, validation and test):", "",
+                  "| " + " | ".join(evidence.COST_HEAD) + " |", "|" + "---|" * len(evidence.COST_HEAD)]
+        lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in cost]
+        lines.append("")
+    lines += [f"- {_md(line)}" for line in _best_seed_lines(t)]
+    return lines + ([""] if _best_seed_lines(t) else [])
+
+
+def _html_rows(head: list[str], rows: list[list[str]]) -> list[str]:
+    out = ['<div class="scroll"><table><thead><tr>' + "".join(f"<th>{_h(h)}</th>" for h in head)
+           + "</tr></thead><tbody>"]
+    for row in rows:
+        out.append("<tr>" + "".join(f'<td class="label">{_h(row[0])}</td>' if i == 0 else f"<td>{_h(c)}</td>"
+                                    for i, c in enumerate(row)) + "</tr>")
+    return out + ["</tbody></table></div>"]
+
+
+def _html_evidence(t: _Table) -> list[str]:
+    out: list[str] = []
+    if t.comparisons:
+        out += [f'<p class="meta">{_h(_evidence_intro(t))}</p>',
+                *_html_rows(evidence.COMPARISON_HEAD, evidence.comparison_rows(t.comparisons))]
+    if any(r.runs for r in t.results):
+        out += ['<p class="meta">Seeds and cost (device time = workers x devices x wall time; training steps: '
+                "the part the estimate covers):</p>",
+                *_html_rows(evidence.COST_HEAD, evidence.cost_rows(t.info, t.results))]
+    out += [f'<p class="meta">{_h(line)}</p>' for line in _best_seed_lines(t)]
+    return out
 
 
 # --------------------------------------------------------------------------- Markdown
@@ -366,12 +458,12 @@ def render_markdown(model: list[_Table], results: Sequence[CellResult], title: s
         if not t.rows:
             lines += ["No results for this table.", ""]
             continue
-        if (summary := _mean_delta(t)) is not None:
-            lines += [f"{_md(_status_summary([r.result for r in t.rows]))}; {summary}.", ""]
+        if (summary := _summary_line(t)) is not None:
+            lines += [f"{_md(summary)}.", ""]
         head = ["cell", "status"]
         for b in t.benchmarks:
             head += [f"{_md(b)} reproduced", f"{_md(b)} published", f"{_md(b)} Δ"]
-        head.append("MLflow run")
+        head += ["device time", "MLflow run"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for row in t.rows:
             r = row.result
@@ -381,9 +473,11 @@ def render_markdown(model: list[_Table], results: Sequence[CellResult], title: s
             for b in t.benchmarks:
                 cells += [_md_pair(row.reproduced[b], b in row.best), _md_pair(row.published[b]),
                           _delta_text(row.deltas(b))]
+            cells.append(evidence.device_time(evidence.cost_total(r, "device_s")))
             cells.append(f"`{r.run_id.replace('`', '')}`" if r.run_id else DASH)
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        lines += _md_evidence(t)
         if _has_settings(t):
             lines += ["How each cell was trained:", "",
                       "| cell | " + " | ".join(SETTINGS.values()) + " |", "|" + "---|" * (len(SETTINGS) + 1)]
@@ -395,7 +489,8 @@ def render_markdown(model: list[_Table], results: Sequence[CellResult], title: s
         errors = [row.result for row in t.rows if row.result.error]
         if errors:
             lines += ["Errors:", ""] + [f"- {_md(r.cell)}: {_md(_short(r.error or '', 400))}" for r in errors] + [""]
-        for kind, caption in (("psnr", "reproduced vs published PSNR"), ("delta_psnr", "Δ PSNR")):
+        for kind, caption in (("psnr", "reproduced vs published PSNR"), ("delta_psnr", "Δ PSNR"),
+                              ("psnr_seeds", "PSNR per cell over seeds"), ("forest", "paired differences")):
             if kind in t.plots:
                 lines += [f"![{t.info.table} {caption}]({t.plots[kind].as_posix()})", ""]
         if any(row.result.samples for row in t.rows):
@@ -457,7 +552,7 @@ def _html_table(t: _Table) -> list[str]:
     out = ['<div class="scroll"><table>', "<thead><tr>",
            '<th class="label" rowspan="2">cell</th><th rowspan="2">status</th>']
     out += [f'<th colspan="3">{_h(b)}</th>' for b in t.benchmarks]
-    out += ['<th rowspan="2">MLflow run</th></tr><tr>']
+    out += ['<th rowspan="2">device time</th><th rowspan="2">MLflow run</th></tr><tr>']
     out += ["<th>reproduced</th><th>published</th><th>Δ</th>" for _ in t.benchmarks]
     out += ["</tr></thead><tbody>"]
     for row in t.rows:
@@ -474,10 +569,12 @@ def _html_table(t: _Table) -> list[str]:
             sign = "" if d[0] is None or round(d[0], 2) == 0 else (' class="pos"' if d[0] > 0 else ' class="neg"')
             cells += [f"<td>{_html_pair(row.reproduced[b], b in row.best)}</td>",
                       f"<td>{_html_pair(row.published[b])}</td>", f"<td{sign}>{_h(_delta_text(d))}</td>"]
+        cells.append(f"<td>{_h(evidence.device_time(evidence.cost_total(r, 'device_s')))}</td>")
         cells.append(f'<td><code title="{_h(r.run_id)}">{_h(r.run_id[:8])}</code></td>' if r.run_id
                      else f"<td>{DASH}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</tbody></table></div>")
+    out += _html_evidence(t)
     if _has_settings(t):
         out += ['<p class="meta">How each cell was trained:</p><div class="scroll"><table class="settings">',
                 '<thead><tr><th class="label">cell</th>'
@@ -510,8 +607,8 @@ def render_html(model: list[_Table], results: Sequence[CellResult], title: str, 
         if not t.rows:
             body.append('<p class="muted">No results for this table.</p></section>')
             continue
-        if (summary := _mean_delta(t)) is not None:
-            body.append(f'<p class="meta">{_h(_status_summary([r.result for r in t.rows]))}; {_h(summary)}.</p>')
+        if (summary := _summary_line(t)) is not None:
+            body.append(f'<p class="meta">{_h(summary)}.</p>')
         body += _html_table(t)
         errors = [row.result for row in t.rows if row.result.error]
         if errors:
@@ -558,6 +655,11 @@ def write_report(tables: list[TableInfo], results: list[CellResult], out_dir: Pa
     copy_samples(model, out_dir)
     plot_tables(model, out_dir)
     files: dict[str, Path] = {"csv": write_csv(model, out_dir / "results.csv")}
+    if any(t.comparisons for t in model):
+        files["paired_csv"] = evidence.write_paired_csv({t.info.table: t.comparisons for t in model},
+                                                        out_dir / "paired.csv")
+    if (per_image := evidence.write_per_image_csv(results, out_dir / "per_image.csv")) is not None:
+        files["per_image_csv"] = per_image
     md = out_dir / "report.md"
     md.write_text(render_markdown(model, results, title, generated, scale_down, notes), encoding="utf-8")
     page = out_dir / "report.html"

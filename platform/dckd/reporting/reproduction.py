@@ -75,16 +75,28 @@ def _limit_overrides(cfg: ExperimentConfig, factor: float) -> list[str]:
 
 
 class PlannedCell:
-    """A cell with its overrides, validated before anything runs."""
+    """A cell (one seed of it, with ``--seeds K``) with its overrides, validated before anything runs.
 
-    def __init__(self, table: LoadedTable, cell: Cell, overrides: list[str]) -> None:
+    With K > 1 seeds each seed is a run of its own (``<table>-<cell>-s<seed>``, its own output
+    folder, so it resumes on its own) that logs its student without registering it: the cell's
+    registered student is its best seed's (``registered_name``), registered after all have run.
+    """
+
+    def __init__(self, table: LoadedTable, cell: Cell, overrides: list[str], seed: int | None = None,
+                 registered_name: str | None = None) -> None:
         self.table, self.cell = table, cell
         self.overrides = overrides
+        self.seed = seed  # None: the cell's single run (its config's seed)
+        self.registered_name = registered_name
         self.cfg = table.cell_config(cell, overrides)
 
     @property
-    def key(self) -> str:
+    def cell_key(self) -> str:
         return f"{self.table.spec.table}:{self.cell.id}"
+
+    @property
+    def key(self) -> str:
+        return self.cell_key if self.seed is None else f"{self.cell_key}@s{self.seed}"
 
     @property
     def world_size(self) -> int:
@@ -120,8 +132,13 @@ def selected(cell: Cell, cells: list[str] | None) -> bool:
 
 def plan(name: str, cells: list[str] | None = None, scale_down: float | None = None,
          overrides: list[str] | None = None, out: Path | None = None,
-         tables_dir: str | Path | None = None) -> list[PlannedCell]:
-    """Every selected cell's full config: a bad table, cell or override fails here, before any trial."""
+         tables_dir: str | Path | None = None, seeds: int = 1) -> list[PlannedCell]:
+    """Every selected cell's full config: a bad table, cell or override fails here, before any trial.
+
+    ``seeds`` K > 1 plans each trained cell K times with seeds ``seed, seed + 1, ..., seed + K - 1``
+    (the config's seed first); a teacher cell is an evaluation and runs once."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds {seeds}: must be at least 1")
     tables = find_tables(name, *([tables_dir] if tables_dir else []))
     known = {c.id for t in tables for c in t.spec.cells}
     unknown = sorted({c.removeprefix("+") for c in cells or []} - known)
@@ -138,25 +155,43 @@ def plan(name: str, cells: list[str] | None = None, scale_down: float | None = N
             if scale_down is not None and scale_down < 1:
                 probe = table.base_cell_config(cell, extra)
                 extra = [*scale_down_overrides(probe, scale_down), *extra]
-            planned.append(PlannedCell(table, cell, extra))
+            if seeds == 1 or cell.kind == "teacher":
+                planned.append(PlannedCell(table, cell, extra))
+                continue
+            single = table.cell_config(cell, extra)
+            for seed in range(single.seed, single.seed + seeds):
+                per_seed = [*extra, f"seed={seed}", f"name={single.name}-s{seed}",
+                            "tracking.register_student=false"]
+                if out is not None:
+                    per_seed.append(f"output_dir={out / 'runs' / table.spec.table / cell.id / f'seed{seed}'}")
+                planned.append(PlannedCell(table, cell, per_seed, seed,
+                                           single.tracking.registered_name(single.name)))
     if not planned:
         raise ConfigError(f"{name}: no cells selected")
     return planned
 
 
 def describe_plan(name: str, cells: list[str] | None, scale_down: float | None, overrides: list[str] | None,
-                  tables_dir: str | Path | None = None) -> str:
+                  tables_dir: str | Path | None = None, seeds: int = 1,
+                  planned: list[PlannedCell] | None = None) -> str:
     """One line per cell: what would run (validated), for ``dckd reproduce --check``."""
-    planned = plan(name, cells, scale_down, overrides, None, tables_dir)
-    lines = [f"{len(planned)} cells" + (f", scaled down x{scale_down:g}" if scale_down else "")]
+    planned = planned or plan(name, cells, scale_down, overrides, None, tables_dir, seeds)
+    runs = len({p.cell_key for p in planned})
+    lines = [f"{runs} cells" + (f", {len(planned)} runs ({seeds} seeds per trained cell)" if seeds > 1 else "")
+             + (f", scaled down x{scale_down:g}" if scale_down else "")]
     for p in planned:
+        if p.seed is not None and p is not next(q for q in planned if q.cell_key == p.cell_key):
+            continue  # one description per cell: its seeds differ only in the seed
+        seeds_note = (f" x seeds {[q.seed for q in planned if q.cell_key == p.cell_key]}"
+                      if p.seed is not None else "")
         c = p.cfg
         role = c.teacher if p.cell.kind == "teacher" and c.teacher is not None else c.student
         net = f"{role.preset or role.resolved_backbone} x{c.scale}"
         if p.cell.kind == "teacher":
-            lines.append(f"  {p.key:32s} {net}: teacher evaluation; test {[b.name for b in c.data.test]}")
+            lines.append(f"  {p.cell_key:32s} {net}: teacher evaluation; test {[b.name for b in c.data.test]}")
             continue
         s = p.settings
-        lines += [f"  {p.key:32s} {net}: {s['method']} = {s['terms']}; test {[b.name for b in c.data.test]}",
+        lines += [f"  {p.cell_key:32s} {net}: {s['method']} = {s['terms']}; test {[b.name for b in c.data.test]}"
+                  + seeds_note,
                   f"  {'':32s} schedule {s['schedule']}; batch {s['batch']}, patch {c.data.train.lq_patch}"]
     return "\n".join(lines)

@@ -65,6 +65,15 @@ class TableSpec(BaseModel):
     benchmarks: list[str] = Field(min_length=1)
     cells: list[Cell] = Field(min_length=1)
     notes: str = ""
+    references: list[str] | None = Field(
+        default=None, description="cells every other cell is compared with image by image; default: the "
+                                  "table's scratch and logits cells")
+
+    @property
+    def reference_cells(self) -> list[str]:
+        if self.references is not None:
+            return list(self.references)
+        return [c for c in ("scratch", "logits") if any(cell.id == c for cell in self.cells)]
 
     @model_validator(mode="after")
     def _consistent(self) -> TableSpec:
@@ -72,6 +81,9 @@ class TableSpec(BaseModel):
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
             raise ValueError(f"cell ids repeat: {dup}")
+        unknown_refs = sorted(set(self.references or []) - set(ids))
+        if unknown_refs:
+            raise ValueError(f"references {unknown_refs} are not cells of the table (cells: {ids})")
         for c in self.cells:
             unknown = sorted(set(c.published) - set(self.benchmarks))
             if unknown:

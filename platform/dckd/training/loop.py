@@ -47,8 +47,10 @@ from dckd.data import TrainPatches
 from dckd.data.datasets import IterationBatches, Stage
 from dckd.data.specs import benchmark_sets, train_pairs
 from dckd.errors import NonFiniteLossError, ResumeConfigError
-from dckd.evaluation.benchmarks import evaluate_sets, protocol_for
+from dckd.evaluation.benchmarks import SCORES_FILE, evaluate_sets, protocol_for, scores_csv
 from dckd.tracking import RunTracker, check_server, collect_samples
+from dckd.training.cost import CostMeter, devices_per_worker
+from dckd.training.cost import metrics as cost_metrics
 from dckd.training.engine import Engine
 from dckd.training.reporters import (
     LocalReporter,
@@ -174,6 +176,8 @@ def run_training(
             reporter.message(f"removed {orphan}: the temporary file of a write that was interrupted")
     try:
         reporter.resume(engine)
+        cost = CostMeter(engine.extra, engine.device, reporter.world_size,
+                         devices_per_worker(engine.device, cfg.ray.gpus_per_worker if reporter.on_ray else None))
         changes = _resumed_config_changes(cfg, engine, reporter, allow_config_change)
         if chief:
             _open_run_dir(cfg, engine, reporter, changes)
@@ -184,7 +188,7 @@ def run_training(
                               "dckd.precision_reason": engine.precision.reason})
         if tracker is not None and engine.extra.get("config_changes"):
             tracker.set_tags({"dckd.config_changes": json.dumps(engine.extra["config_changes"])})
-        summary = _train(cfg, engine, reporter, tracker, stop_at, on_log)
+        summary = _train(cfg, engine, reporter, tracker, stop_at, on_log, cost)
     except (NonFiniteLossError, ResumeConfigError) as exc:  # raised alike on every rank
         if tracker is not None:
             tracker.end("FAILED")
@@ -250,7 +254,7 @@ def _open_run_dir(cfg: ExperimentConfig, engine: Engine, reporter: Reporter,
 
 
 def _train(cfg: ExperimentConfig, engine: Engine, reporter: Reporter, tracker: RunTracker | None,
-           stop_at: int | None, on_log: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+           stop_at: int | None, on_log: Callable[[dict[str, Any]], None] | None, cost: CostMeter) -> dict[str, Any]:
     chief = reporter.rank == 0
     start_iter, total = engine.iteration, cfg.train.iterations
     end = min(total, stop_at) if stop_at is not None else total
@@ -271,11 +275,12 @@ def _train(cfg: ExperimentConfig, engine: Engine, reporter: Reporter, tracker: R
     last_val: dict[str, Any] = {}
     example: torch.Tensor | None = None
     reporter.begin(start_iter, end)
-    tic = time.perf_counter()
+    tic = mark = time.perf_counter()
     for batch in make_loader(cfg, start_iter, end, rank=reporter.rank, device=engine.device,
                              cpus=cfg.ray.cpus_per_worker if reporter.on_ray else None):
         reporter.before_step(engine.iteration + 1)
         terms = engine.train_step(batch["lq"], batch["gt"])
+        cost.add_step(time.perf_counter() - mark, float(batch["lq"].shape[0]))
         example = batch["lq"][:1]
         window.append({**terms, "_images": torch.tensor(float(batch["lq"].shape[0]))})
         t = engine.iteration
@@ -300,16 +305,18 @@ def _train(cfg: ExperimentConfig, engine: Engine, reporter: Reporter, tracker: R
                 append_record(log_file, {"kind": "val", "iter": t, **_flatten(last_val)})
             reporter.message(f"[{cfg.name}] iter {t}: {_scores(last_val)}")
         if is_val or is_ckpt:
+            cost.update()  # into the checkpoint: a resumed run adds to these totals
             reporter.report(engine, {"iteration": t, **last}, checkpoint=is_ckpt, on_saved=upload_final)
         reporter.after_step(t, record)
+        mark = time.perf_counter()
     summary = _summary(cfg, engine, last_val)
     if chief:
-        _close_run(cfg, engine, reporter, tracker, summary, finishes, example)
+        _close_run(cfg, engine, reporter, tracker, summary, finishes, example, cost)
     return summary
 
 
 def _close_run(cfg: ExperimentConfig, engine: Engine, reporter: Reporter, tracker: RunTracker | None,
-               summary: dict[str, Any], finishes: bool, example: torch.Tensor | None) -> None:
+               summary: dict[str, Any], finishes: bool, example: torch.Tensor | None, cost: CostMeter) -> None:
     """Rank 0 after the last step: final weights, the test once, summary.json, the student to MLflow.
 
     A run that had finished before this call keeps the val and test scores of its summary.
@@ -325,6 +332,12 @@ def _close_run(cfg: ExperimentConfig, engine: Engine, reporter: Reporter, tracke
         reporter.message(f"[{cfg.name}] test: {_scores(summary['test'])}")
     elif "test" in previous:
         summary["test"] = previous["test"]
+    if finishes or "cost" not in previous:
+        summary["cost"] = cost.update()
+        if tracker is not None and finishes:
+            tracker.log_metrics(cost_metrics(summary["cost"]), step=total)
+    else:
+        summary["cost"] = previous["cost"]
     write_text(run_dir / "summary.json", json.dumps(summary, indent=2), "run summary")
     if tracker is not None and finishes:
         assert example is not None  # finishing the run took at least one step
@@ -391,15 +404,21 @@ def test_and_log(model: torch.nn.Module, cfg: ExperimentConfig, device: torch.de
                  teacher: torch.nn.Module | None = None, step: int | None = None) -> dict[str, Any]:
     """Score ``model`` on every ``data.test`` set once training is over (the numbers a paper table reports).
 
-    Logs ``test/<set>/psnr|ssim`` and side-by-side samples of the first set under ``test_samples/``.
+    Logs ``test/<set>/psnr|ssim`` and side-by-side samples of the first set under ``test_samples/``,
+    and writes the per-image scores (per tile with ``eval.score_tiles``) as ``test_scores.csv`` in
+    the run directory and the MLflow run, so that any comparison can be redone without retraining.
     """
     sets = benchmark_sets(cfg, "test")
     if not sets:
         return {}
-    results = evaluate_sets(model, sets, protocol_for(cfg), device)
+    results = evaluate_sets(model, sets, protocol_for(cfg), device, per_image=True, tiles=cfg.eval.score_tiles)
+    table = scores_csv(results)
+    write_text(cfg.run_dir / SCORES_FILE, table, "per-image test scores")
+    results = {name: {k: v for k, v in m.items() if k != "per_image"} for name, m in results.items()}
     if tracker is not None and tracker.enabled:
         t = cfg.train.iterations if step is None else step
         tracker.log_metrics({f"test/{k}": v for k, v in _flatten(results).items()}, step=t)
+        tracker.log_text(table, SCORES_FILE)
         if cfg.tracking.samples:
             tracker.log_samples(t, *collect_samples(model, teacher, sets[0][1], cfg.tracking.samples, device,
                                                     cfg.scale), artifact_dir="test_samples")
