@@ -14,6 +14,7 @@ the workers' reports to Tune (and to ASHA). A sweep file names a base experiment
       method.dcr.history.update_every: {choice: [500, 1000, 2000]}
       optim.lr: {loguniform: [1.0e-5, 1.0e-3]}
     num_samples: 1                          # repeats of the grid / random draws
+    seeds: 3                                # every configuration with seeds seed, seed+1, seed+2
     scheduler: {name: asha, grace_period: 100}
 
 Every bad axis is refused before any trial starts. At the end: ``results.csv``,
@@ -130,6 +131,9 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, tracking_uri
                                reduction_factor=s.reduction_factor, stop_last_trials=False)
                  if s.name == "asha" else FIFOScheduler())
     space = param_space(sweep)
+    axes = list(sweep.search)
+    if sweep.seeds > 1:  # an axis of its own: every configuration once per seed
+        space["seed"] = tune.grid_search(list(range(base.seed, base.seed + sweep.seeds)))
     meta = {"sweep": sweep.model_dump(mode="json"), "tracking_uri": uri, "parent_run_id": parent_id}
     sweep.out.mkdir(parents=True, exist_ok=True)
     tuner = tune.Tuner(
@@ -142,9 +146,9 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, tracking_uri
     )
     grid = tuner.fit()
     stopped = close_stopped_runs(parent.client, parent.experiment_id, parent_id) if parent_id is not None else []
-    rows = results_rows(grid, list(sweep.search), s.metric, base.train.iterations,
+    rows = results_rows(grid, axes + (["seed"] if sweep.seeds > 1 else []), s.metric, base.train.iterations,
                         {n.removeprefix(f"{sweep.name}-") for n in stopped})
-    files = write_results(rows, list(sweep.search), sweep.out, s.metric)
+    files = write_results(rows, axes, sweep.out, s.metric, seeded=sweep.seeds > 1)
     for f in files:
         parent.log_artifact(f)
     # The best finished trial: a stopped one's PSNR is from fewer iterations and it has no final student.
@@ -210,9 +214,12 @@ def results_rows(grid, axes: list[str], metric: str, iterations: int | None = No
     return rows
 
 
-def write_results(rows: list[dict[str, Any]], axes: list[str], out: Path, metric: str) -> list[Path]:
-    """CSV, Markdown and a plot of ``metric`` against each swept axis."""
-    columns = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("trial", *axes), k.startswith("val/"), k))
+def write_results(rows: list[dict[str, Any]], axes: list[str], out: Path, metric: str,
+                  seeded: bool = False) -> list[Path]:
+    """CSV, Markdown and a plot of ``metric`` against each swept axis; with seeds, also each
+    configuration's mean ± std over its seeds (``results_by_config.md``)."""
+    columns = sorted({k for r in rows for k in r},
+                     key=lambda k: (k not in ("trial", *axes, "seed"), k.startswith("val/"), k))
     csv_path = out / "results.csv"
     with csv_path.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
@@ -224,7 +231,33 @@ def write_results(rows: list[dict[str, Any]], axes: list[str], out: Path, metric
     for r in ordered:
         lines.append("| " + " | ".join(_cell(r.get(c)) for c in columns) + " |")
     md_path.write_text("\n".join(lines) + "\n")
-    return [csv_path, md_path, *plot_axes(rows, axes, out, metric)]
+    extra = [by_config(rows, axes, out / "results_by_config.md", metric)] if seeded else []
+    return [csv_path, md_path, *extra, *plot_axes(rows, axes, out, metric)]
+
+
+def by_config(rows: list[dict[str, Any]], axes: list[str], path: Path, metric: str) -> Path:
+    """One row per configuration: ``metric`` as mean ± std over its finished seeds, best first."""
+    import statistics
+
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(json.dumps(r.get(a)) for a in axes), []).append(r)
+    table = []
+    for key, members in groups.items():
+        values = [r[metric] for r in members if r.get(metric) is not None and r["status"] == "ok"]
+        mean = statistics.fmean(values) if values else None
+        std = statistics.stdev(values) if len(values) > 1 else None
+        table.append((key, members, values, mean, std))
+    table.sort(key=lambda t: -(t[3] if t[3] is not None else -math.inf))
+    lines = ["| " + " | ".join([*axes, "seeds", f"{metric} mean", "std", "per seed"]) + " |",
+             "|" + "---|" * (len(axes) + 4)]
+    for key, members, values, mean, std in table:
+        per_seed = ", ".join(f"{r.get('seed')}: {_cell(r.get(metric))}" for r in sorted(
+            members, key=lambda r: r.get("seed") or 0))
+        lines.append("| " + " | ".join([*(json.loads(k) if isinstance(json.loads(k), str) else k for k in key),
+                                        f"{len(values)}/{len(members)}", _cell(mean), _cell(std), per_seed]) + " |")
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def _cell(value: Any) -> str:

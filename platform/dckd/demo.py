@@ -144,19 +144,22 @@ def run_demo(out: Path, config: Path | None = None, quick: bool = False, progres
     run_table.write_text(yaml.safe_dump(table_doc, sort_keys=False))
     summary = load_runner("reproduce")(str(run_table), None, None, overrides, str(out / "report"), uri, None)
     minutes = (time.perf_counter() - tic) / 60
+    paired = read_paired(summary["report"].get("paired_csv"))
     best = None
     for r in summary["results"]:
         bench = next(iter(r["metrics"].values()), None)
         if bench is None:
             continue
         row = {"model": label(probe.student), "method": r["cell"], "params": n_params(probe.student),
-               "psnr": bench[0], "ssim": bench[1], "minutes": minutes, "run_id": r["run_id"]}
+               "psnr": bench[0], "ssim": bench[1], "minutes": minutes, "run_id": r["run_id"],
+               "vs": paired.get(r["cell"], {})}
         rows.append(row)
         if r["status"] == "ok" and (best is None or row["psnr"] > best["psnr"]):
             best = row
     notes += [n for n in summary.get("notes", []) if n not in notes]
     registered = _register_best(uri, best) if best is not None else None
     result = {"scale": probe.scale, "test_images": list(TEST_PHOTOS), "rows": rows, "notes": notes,
+              "tiles": probe.eval.score_tiles, "references": REFERENCES,
               "quick": quick, "students_minutes": minutes, "registered": registered,
               "report": summary["report"], "mlflow": uri, "errors": summary["errors"]}
     (out / "results.json").write_text(json.dumps(result, indent=2))
@@ -178,6 +181,58 @@ def _register_best(uri: str, best: dict[str, Any]) -> str | None:
     return f"models:/demo-student@champion (version {version}, {best['method']})"
 
 
+REFERENCES = ("scratch", "logits")
+
+
+def read_paired(path: str | None) -> dict[str, dict[str, dict[str, Any]]]:
+    """cell -> reference -> {delta, low, high, p, resolved, n} from the report's ``paired.csv``."""
+    import csv
+
+    if not path or not Path(path).is_file():
+        return {}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    with Path(path).open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            out.setdefault(row["cell"], {})[row["reference"]] = {
+                "delta": float(row["delta_psnr"]), "low": float(row["ci_low"]), "high": float(row["ci_high"]),
+                "p": float(row["wilcoxon_p"]) if row["wilcoxon_p"] else None,
+                "resolved": row["resolved"] == "true", "n": int(row["images"])}
+    return out
+
+
+def _interval(d: dict[str, Any] | None) -> str:
+    if not d:
+        return "-"
+    return f"{d['delta']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+
+def verdict(result: dict[str, Any]) -> list[str]:
+    """Sentences drawn from the intervals: which differences the held-out tiles resolve, which not."""
+    resolved, unresolved = [], []
+    n = None
+    for r in result["rows"]:
+        for ref, d in (r.get("vs") or {}).items():
+            n = d["n"]
+            text = f"{r['method']} vs {ref} ({d['delta']:+.3f} dB)"
+            if d["resolved"]:
+                resolved.append(f"{text}: {'better' if d['delta'] > 0 else 'worse'}")
+            else:
+                unresolved.append(text)
+    if n is None:
+        return []
+    unit = (f"{n} paired {result['tiles']}x{result['tiles']} tiles of the {len(result['test_images'])} held-out "
+            "photographs" if result.get("tiles") else f"{n} paired held-out images")
+    lines = [f"Over {unit}, the 95% interval of the paired PSNR difference excludes zero for: "
+             + ("; ".join(resolved) if resolved else "none") + "."]
+    lines.append("It includes zero (a difference this test set cannot tell from noise) for: "
+                 + ("; ".join(unresolved) if unresolved else "none") + ".")
+    if result.get("tiles"):
+        lines.append("Tiles of one photograph are neighbours, not independent images, and every student is one "
+                     "seed: the intervals say what holds on these two photographs for these runs, not on other "
+                     "images or seeds.")
+    return lines
+
+
 def _scores(m: dict[str, Any]) -> dict[str, float]:
     return {"psnr": float(m["psnr"]), "ssim": float(m["ssim"])}
 
@@ -187,13 +242,17 @@ def format_table(result: dict[str, Any]) -> str:
         f"x{result['scale']} SR on held-out photographs ({', '.join(result['test_images'])}): "
         f"Y-PSNR/SSIM, border {result['scale']} px cropped" + (" [quick run]" if result.get("quick") else ""),
         "",
-        "| model | method | params | Y-PSNR (dB) | Y-SSIM | train min |",
-        "|---|---|---:|---:|---:|---:|",
+        "| model | method | params | Y-PSNR (dB) | Y-SSIM | train min | Δ vs scratch [95% CI] | Δ vs logits [95% CI] |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         params = "-" if not r["params"] else f"{r['params'] / 1e3:.1f}K"
+        vs = r.get("vs") or {}
         lines.append(f"| {r['model']} | {r['method']} | {params} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
-                     f"{r['minutes']:.1f} |")
+                     f"{r['minutes']:.1f} | {_interval(vs.get('scratch'))} | {_interval(vs.get('logits'))} |")
+    if any(r.get("vs") for r in result["rows"]):
+        lines += ["", "Δ: the student's Y-PSNR minus the reference's, paired tile by tile (dB), with its 95% "
+                      "bootstrap interval (report: paired.csv, forest plot).", *verdict(result)]
     if result.get("students_minutes") is not None:
         lines += ["", f"students trained together on Ray in {result['students_minutes']:.1f} min "
                       "(the train-min column repeats that total)"]

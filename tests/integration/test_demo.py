@@ -37,6 +37,16 @@ def test_quick_demo_fills_every_row(ray_local, tmp_path: Path) -> None:
     assert not result["errors"]
     table = (tmp_path / "out" / "results.md").read_text()
     assert "| dckd |" in table and "| dckd_star |" in table and "random weights" in table
+    # Each student against scratch and logits, paired over the held-out photographs' tiles, and a
+    # sentence drawn from those intervals.
+    students = {r["method"]: r for r in result["rows"] if r.get("run_id")}
+    assert set(students["dckd"]["vs"]) == {"scratch", "logits"} and set(students["logits"]["vs"]) == {"scratch"}
+    assert not students["scratch"]["vs"]
+    d = students["dckd"]["vs"]["scratch"]
+    assert d["low"] <= d["delta"] <= d["high"] and d["n"] > 50  # tiles of the two held-out photographs
+    assert "Δ vs scratch [95% CI]" in table and f"{d['delta']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]" in table
+    assert "the 95% interval of the paired PSNR difference excludes zero for:" in table
+    assert "It includes zero" in table
     assert result["registered"].startswith("models:/demo-student@champion")
     assert Path(result["report"]["html"]).is_file() and Path(result["report"]["md"]).is_file()
 

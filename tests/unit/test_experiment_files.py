@@ -510,6 +510,29 @@ def test_optional_cells_run_only_when_asked(photos_root: Path, monkeypatch: pyte
         cells(["+nope"])
 
 
+def test_seeds_plan_one_run_per_seed_that_resumes_and_registers_apart(
+        photos_root: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    reproduction = pytest.importorskip("dckd.reporting.reproduction")
+    monkeypatch.setenv("DCKD_DATA_ROOT", str(photos_root))
+    planned = reproduction.plan("table5", ["baseline", "dcr"], overrides=NO_WEIGHTS, out=tmp_path, tables_dir=TABLES,
+                                seeds=3)
+    single = reproduction.plan("table5", ["baseline"], overrides=NO_WEIGHTS, tables_dir=TABLES)[0].cfg
+    assert [p.key for p in planned] == [f"table5:{c}@s{s}" for c in ("baseline", "dcr") for s in (10, 11, 12)]
+    for p in planned:
+        assert p.cfg.seed == p.seed and p.cfg.name == f"table5-{p.cell.id}-s{p.seed}"
+        assert p.cfg.output_dir == str(tmp_path / "runs" / "table5" / p.cell.id / f"seed{p.seed}")
+        assert not p.cfg.tracking.register_student  # the cell's best seed is registered afterwards
+        assert p.registered_name == f"table5-{p.cell.id}-student"
+        # everything but the seed (and its name and folder) is the single run's config
+        assert p.cfg.model_dump(exclude={"seed", "name", "output_dir", "tracking"}) == \
+            planned[0].cfg.model_dump(exclude={"seed", "name", "output_dir", "tracking"}) or p.cell.id == "dcr"
+    assert single.seed == 10 and single.name == "table5-baseline"
+    text = reproduction.describe_plan("table5", ["baseline", "dcr"], None, NO_WEIGHTS, TABLES, seeds=3)
+    assert text.startswith("2 cells, 6 runs (3 seeds per trained cell)") and "x seeds [10, 11, 12]" in text
+    with pytest.raises(ConfigError, match="--seeds 0"):
+        reproduction.plan("table5", overrides=NO_WEIGHTS, tables_dir=TABLES, seeds=0)
+
+
 # --------------------------------------------------------------------------- sweeps
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=_ids(SWEEP_FILES))
 def test_sweep_builds(path: Path, in_workdir: Path) -> None:

@@ -34,6 +34,8 @@ class SweepConfig(BaseModel):
     set: list[str] = Field(default_factory=list)
     search: dict[str, dict[Literal["grid", "choice", "uniform", "loguniform", "randint"], list[Any]]]
     num_samples: int = Field(default=1, ge=1)
+    seeds: int = Field(default=1, ge=1, description="train every configuration K times, seeds seed..seed+K-1; "
+                                                    "the results give each configuration's mean ± std")
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     max_concurrent: int | None = Field(default=None, ge=1)
     output_dir: str = "runs/sweeps/${name}"
@@ -47,6 +49,12 @@ class SweepConfig(BaseModel):
             kind, values = next(iter(spec.items()))
             if not values or (kind in ("uniform", "loguniform", "randint") and len(values) != 2):
                 raise ValueError(f"search.{key}.{kind}: needs {'[low, high]' if kind != 'grid' else 'values'}")
+        return self
+
+    @model_validator(mode="after")
+    def _seeds_not_an_axis(self) -> SweepConfig:
+        if self.seeds > 1 and "seed" in self.search:
+            raise ValueError("seeds: K and a search over 'seed' both set the seed: keep one")
         return self
 
     @property
