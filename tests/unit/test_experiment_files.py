@@ -625,3 +625,27 @@ def test_cross_section_checks_fail_at_load_time_naming_the_field(in_workdir: Pat
     with pytest.raises(ConfigError, match=r"method.fakd.student_layers: 'auto' needs one backbone"):
         load_config(base, [*NO_WEIGHTS, "method.preset=fakd", "student.preset=swinir_x4_student",
                            "student.checkpoint=null"])
+
+
+def test_reproduce_check_prints_a_calibrated_estimate(photos_root: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """`dckd reproduce TABLE --check`: the plan, then each cell's timed step and the device time of the plan."""
+    from dckd.cli import main
+
+    monkeypatch.setenv("DCKD_DATA_ROOT", str(photos_root))
+    args = ["reproduce", "table5", "--check", "--scale-down", "1.2e-5", "--cells", "baseline", "--seeds", "2",
+            "--tables-dir", str(TABLES), *[a for o in [*NO_WEIGHTS, "ray.num_workers=2", "train.device=cpu",
+                                                       "ray.use_gpu=false"] for a in ("--set", o)]]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("1 cells, 2 runs (2 seeds per trained cell)")
+    line = next(x for x in out.splitlines() if x.strip().startswith("table5:baseline") and "x1" in x)
+    step_s, iterations, workers, _, runs, *device = line.split()[1:]
+    assert float(step_s) > 0 and iterations == "3" and workers == "2" and runs == "2"
+    total = next(x for x in out.splitlines() if x.strip().startswith("total"))
+    hours = float(total.split("= ")[1].split()[0])
+    # 2 seeds x 3 iterations x 2 workers x the timed step, in hours (the step is printed rounded)
+    assert hours == pytest.approx(2 * 3 * 2 * float(step_s) / 3600, rel=0.05)
+    assert "calibrated on cpu" in out
+    assert main([*args, "--no-estimate"]) == 0
+    assert "estimated device time" not in capsys.readouterr().out

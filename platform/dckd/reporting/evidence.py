@@ -267,7 +267,7 @@ def plot_forest(info: TableInfo, comps: Sequence[Comparison], path: Path, plain:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.0, 0.42 * len(comps) + 1.4), dpi=110)
+    fig, ax = plt.subplots(figsize=(8.0, 0.42 * len(comps) + 1.6), dpi=110)
     ys = list(range(len(comps)))[::-1]
     for y, c in zip(ys, comps):
         color = "tab:green" if c.diff.resolved and c.diff.mean > 0 else "tab:red" if c.diff.resolved else "tab:gray"
@@ -277,10 +277,11 @@ def plot_forest(info: TableInfo, comps: Sequence[Comparison], path: Path, plain:
             ax.plot([c.published], [y], "D", markerfacecolor="none", markeredgecolor="black", markersize=6)
     ax.axvline(0.0, color="black", linewidth=0.8)
     ax.set_yticks(ys, [plain(f"{c.label} − {c.reference_label} ({c.benchmark})") for c in comps], fontsize=8)
-    ax.set_xlabel("Δ PSNR (dB), paired by image: mean and 95% bootstrap interval")
+    ax.set_xlabel("Δ PSNR (dB), paired by image: mean, 95% interval")
     ax.plot([], [], "D", markerfacecolor="none", markeredgecolor="black", label="published Δ")
     ax.plot([], [], "-", color="tab:gray", label="interval includes 0")
     ax.plot([], [], "-", color="tab:green", label="resolved, better")
+    ax.plot([], [], "-", color="tab:red", label="resolved, worse")
     ax.legend(fontsize=7, loc="best")
     ax.grid(axis="x", alpha=0.3)
     ax.set_title(plain(f"{info.table}: paired differences against the reference cells"), fontsize=10)

@@ -10,7 +10,9 @@ Run directory layout (``output_dir``), the same for both::
     config.yaml              the validated configuration, as run
     metrics.jsonl            one JSON object per log line and per validation
     student.pth              final weights in BasicSR format (params, params_ema)
-    summary.json             final validation and test scores and the run's notes (or why it stopped)
+    summary.json             final validation and test scores, the run's cost (dckd.training.cost) and
+                             notes (or why it stopped)
+    test_scores.csv          per-image (per-tile with eval.score_tiles) test PSNR/SSIM
     config.before-iter_N.yaml  the config a resume with --allow-config-change replaced at iteration N
 
 A local run keeps its checkpoints there too (``checkpoints/iter_*.pt``: full training state,
