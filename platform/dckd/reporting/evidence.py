@@ -99,13 +99,9 @@ def cost_total(result: CellResult, key: str) -> float | None:
 
 
 def device_time(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return DASH
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+    from dckd.training.calibrate import hours
+
+    return DASH if seconds is None or not math.isfinite(seconds) else hours(seconds)
 
 
 # --------------------------------------------------------------------------- rows both renderings share
