@@ -188,11 +188,13 @@ def test_tiny_run_is_tracked_resumed_and_registered(
     client = MlflowClient(uri)
     run_id = first["mlflow_run_id"]
     assert client.get_run(run_id).info.status == "KILLED"  # interrupted, not finished
-    assert torch.load(latest_checkpoint(tmp_path / "runs" / "tiny"), weights_only=True)["extra"] == {
-        "mlflow_run_id": run_id}
+    extra = torch.load(latest_checkpoint(tmp_path / "runs" / "tiny"), weights_only=True)["extra"]
+    assert set(extra) == {"mlflow_run_id", "cost"} and extra["mlflow_run_id"] == run_id
+    assert extra["cost"]["images"] == 2 * data["train"]["batch_size"]  # the cost so far travels with it
 
     second = train_local(load_config(data=data), progress=False)
     assert second["finished"] and second["mlflow_run_id"] == run_id
+    assert second["cost"]["images"] == 4 * data["train"]["batch_size"]  # resumed: added to, not restarted
     exp = client.get_experiment_by_name("dckd")
     runs = client.search_runs([exp.experiment_id])
     assert [r.info.run_id for r in runs] == [run_id]
