@@ -222,6 +222,7 @@ def verdict(result: dict[str, Any]) -> list[str]:
         return []
     unit = (f"{n} paired {result['tiles']}x{result['tiles']} tiles of the {len(result['test_images'])} held-out "
             "photographs" if result.get("tiles") else f"{n} paired held-out images")
+    # (the tiles are the resampled units; the difference is the photographs' PSNR difference)
     lines = [f"Over {unit}, the 95% interval of the paired PSNR difference excludes zero for: "
              + ("; ".join(resolved) if resolved else "none") + "."]
     lines.append("It includes zero (a difference this test set cannot tell from noise) for: "
@@ -251,8 +252,10 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"| {r['model']} | {r['method']} | {params} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
                      f"{r['minutes']:.1f} | {_interval(vs.get('scratch'))} | {_interval(vs.get('logits'))} |")
     if any(r.get("vs") for r in result["rows"]):
-        lines += ["", "Δ: the student's Y-PSNR minus the reference's, paired tile by tile (dB), with its 95% "
-                      "bootstrap interval (report: paired.csv, forest plot).", *verdict(result)]
+        lines += ["", "Δ: the student's Y-PSNR minus the reference's (dB) on each held-out photograph, recomputed "
+                      "from the errors of its fixed 48x48 tiles and averaged over the photographs, with a 95% "
+                      "bootstrap interval that resamples tiles within each photograph (report: paired.csv, forest "
+                      "plot).", *verdict(result)]
     if result.get("students_minutes") is not None:
         lines += ["", f"students trained together on Ray in {result['students_minutes']:.1f} min "
                       "(the train-min column repeats that total)"]

@@ -362,7 +362,10 @@ def _evidence_intro(t: _Table) -> str:
     return (f"Paired differences against the reference cells ({refs}): Y-PSNR (dB) of each cell minus the "
             "reference's, image by image" + (f", each image averaged over the {seeds} seeds" if seeds > 1 else "")
             + "; the 95% interval is a percentile bootstrap over the images (10,000 resamples, seed 0) and "
-            "p is the two-sided Wilcoxon signed-rank test. Resolved: the interval excludes 0."
+            "p is the two-sided Wilcoxon signed-rank test. Resolved: the interval excludes 0. Where a test set "
+            "is scored per tile (eval.score_tiles), each image's PSNR is recomputed from its tiles' errors, the "
+            "bootstrap resamples tiles within each image and the test is on the per-tile errors; the images "
+            "column then counts tiles."
             + (" The per-seed column is the spread of the seed-by-seed mean differences (same seed: same "
                "initial weights and data order), which the bootstrap over images does not see." if seeds > 1
                else ""))
