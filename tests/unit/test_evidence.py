@@ -130,3 +130,17 @@ def test_the_estimate_sums_the_stages_on_the_fitted_line(tmp_path: Path) -> None
         'data.train.progressive={"milestones": [40, 100], "lq_patches": [16, 32], "batch_sizes": [4, 2]}'])
     est = estimate(prog, calib, use_gpu=False)
     assert est.train_s == pytest.approx(40 * (0.1 + 0.001 * 4 * 256) + 60 * (0.1 + 0.001 * 2 * 1024))
+
+
+def test_a_difference_the_seeds_disagree_on_is_not_resolved() -> None:
+    from dckd.reporting.evidence import Comparison
+    from dckd.reporting.stats import PairedDifference
+
+    tight = PairedDifference(n=100, mean=-0.003, low=-0.0035, high=-0.0025, p_value=1e-9)
+    assert tight.resolved
+    split = Comparison("dcr", "dcr", "baseline", "baseline", "Set14", tight, 2, [-0.0058, 0.0012], 0.15)
+    assert not split.seeds_agree and not split.resolved and split.verdict == "no: seeds disagree"
+    agree = Comparison("dcr", "dcr", "baseline", "baseline", "Set14", tight, 2, [-0.004, -0.002], 0.15)
+    assert agree.resolved and agree.verdict == "yes, worse"
+    one = Comparison("dcr", "dcr", "baseline", "baseline", "Set14", tight, 1, [-0.003], 0.15)
+    assert one.resolved

@@ -53,7 +53,21 @@ class Comparison:
     published: float | None
 
     @property
+    def seeds_agree(self) -> bool:
+        """Every seed's own difference has the sign of the interval (trivially true for one seed)."""
+        return all((d > 0) == (self.diff.mean > 0) and d != 0 for d in self.per_seed) if len(self.per_seed) > 1 \
+            else True
+
+    @property
+    def resolved(self) -> bool:
+        """The interval over images excludes zero and, with several seeds, no seed's difference has the
+        other sign: the bootstrap over images does not see training noise, the seeds do."""
+        return self.diff.resolved and self.seeds_agree
+
+    @property
     def verdict(self) -> str:
+        if self.diff.resolved and not self.seeds_agree:
+            return "no: seeds disagree"
         if not self.diff.resolved:
             return "no"
         return "yes, better" if self.diff.mean > 0 else "yes, worse"
@@ -193,7 +207,7 @@ def write_paired_csv(comps_by_table: dict[str, list[Comparison]], path: Path) ->
             for c in comps:
                 w.writerow([table, c.cell, c.reference, c.benchmark, c.diff.n, c.seeds, repr(c.diff.mean),
                             repr(c.diff.low), repr(c.diff.high), "" if c.diff.p_value is None else repr(c.diff.p_value),
-                            str(c.diff.resolved).lower(), ";".join(repr(d) for d in c.per_seed),
+                            str(c.resolved).lower(), ";".join(repr(d) for d in c.per_seed),
                             "" if c.published is None else repr(round(c.published, 6))])
     return path
 
@@ -266,7 +280,7 @@ def plot_forest(info: TableInfo, comps: Sequence[Comparison], path: Path, plain:
     fig, ax = plt.subplots(figsize=(8.0, 0.42 * len(comps) + 1.6), dpi=110)
     ys = list(range(len(comps)))[::-1]
     for y, c in zip(ys, comps):
-        color = "tab:green" if c.diff.resolved and c.diff.mean > 0 else "tab:red" if c.diff.resolved else "tab:gray"
+        color = "tab:green" if c.resolved and c.diff.mean > 0 else "tab:red" if c.resolved else "tab:gray"
         ax.plot([c.diff.low, c.diff.high], [y, y], color=color, linewidth=2)
         ax.plot([c.diff.mean], [y], "o", color=color)
         if c.published is not None:
@@ -275,7 +289,7 @@ def plot_forest(info: TableInfo, comps: Sequence[Comparison], path: Path, plain:
     ax.set_yticks(ys, [plain(f"{c.label} − {c.reference_label} ({c.benchmark})") for c in comps], fontsize=8)
     ax.set_xlabel("Δ PSNR (dB), paired by image: mean, 95% interval")
     ax.plot([], [], "D", markerfacecolor="none", markeredgecolor="black", label="published Δ")
-    ax.plot([], [], "-", color="tab:gray", label="interval includes 0")
+    ax.plot([], [], "-", color="tab:gray", label="not resolved (interval or seeds)")
     ax.plot([], [], "-", color="tab:green", label="resolved, better")
     ax.plot([], [], "-", color="tab:red", label="resolved, worse")
     ax.legend(fontsize=7, loc="best")

@@ -367,7 +367,8 @@ def _evidence_intro(t: _Table) -> str:
             "bootstrap resamples tiles within each image and the test is on the per-tile errors; the images "
             "column then counts tiles."
             + (" The per-seed column is the spread of the seed-by-seed mean differences (same seed: same "
-               "initial weights and data order), which the bootstrap over images does not see." if seeds > 1
+               "initial weights and data order), which the bootstrap over images does not see; a difference "
+               "counts as resolved only if no seed's own difference has the other sign." if seeds > 1
                else ""))
 
 
