@@ -15,6 +15,7 @@ import yaml
 
 from dckd.cli import main
 from dckd.config import load_config
+from dckd.evaluation.benchmarks import read_scores_csv
 from dckd.tracking import student_of
 from dckd.training.loop import train_local
 from tests.conftest import tiny_config_dict
@@ -80,8 +81,12 @@ def test_local_and_ray_runs_leave_the_same_run_directory_and_mlflow_run(
 
     # The run directories: the same files, the same log lines, the same summary fields.
     assert (local_dir / "checkpoints").is_dir() and (ray_dir / RAY_STORAGE).is_dir()
-    expected = {"config.yaml", "metrics.jsonl", "summary.json", "student.pth"}
+    expected = {"config.yaml", "metrics.jsonl", "summary.json", "student.pth", "test_scores.csv"}
     assert _files(local_dir, {"checkpoints"}) == _files(ray_dir, {RAY_STORAGE}) == expected
+    # the same per-image scores: one worker trains what the local run trains
+    scores = [read_scores_csv(d / "test_scores.csv") for d in (local_dir, ray_dir)]
+    assert scores[0].keys() == {"crops"} and scores[0]["crops"].keys() == scores[1]["crops"].keys()
+    assert all(scores[0]["crops"][k] == pytest.approx(scores[1]["crops"][k]) for k in scores[0]["crops"])
     assert _lines(local_dir) == _lines(ray_dir)
     assert [(k, i) for k, i, _ in _lines(ray_dir)] == [("train", 2), ("val", 2), ("train", 4), ("val", 4)]
     summaries = [json.loads((d / "summary.json").read_text()) for d in (local_dir, ray_dir)]
@@ -101,7 +106,8 @@ def test_local_and_ray_runs_leave_the_same_run_directory_and_mlflow_run(
         runs[1].data.metrics)
     artifacts = [_artifacts(client, r) for r in run_ids]
     assert artifacts[0] == artifacts[1]
-    assert {"config.yaml", "summary.json", "checkpoints/iter_000000004.pt", "student_weights/weights.pt",
+    assert {"config.yaml", "summary.json", "test_scores.csv", "checkpoints/iter_000000004.pt",
+            "student_weights/weights.pt",
             "samples/iter_0000002_0.png", "test_samples/iter_0000004_0.png"} <= artifacts[1]
     logged = [json.loads(Path(client.download_artifacts(r, "summary.json", str(tmp_path / f"s{i}"))).read_text())
               for i, r in enumerate(run_ids)]
