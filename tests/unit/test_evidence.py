@@ -118,15 +118,17 @@ def test_cost_accumulates_across_a_resume() -> None:
 def test_the_estimate_sums_the_stages_on_the_fitted_line(tmp_path: Path) -> None:
     from dckd.config import load_config
 
-    cfg = load_config("experiments/demo.yaml", [f"data.train.hr_dir={tmp_path}", "ray.num_workers=2",
-                                                "train.iterations=100"])
+    # The demo's own data folders exist only after `make demo`; a clean clone points every set here.
+    sets = f'[{{"name": "photos", "hr_dir": "{tmp_path}"}}]'
+    local = [f"data.train.hr_dir={tmp_path}", f"data.val={sets}", f"data.test={sets}"]
+    cfg = load_config("experiments/demo.yaml", [*local, "ray.num_workers=2", "train.iterations=100"])
     calib = Calibration(a=0.1, b=0.001, points=((1, 16, 0.356), (4, 16, 1.124)), device="cpu", calibrate_s=1.0)
     est = estimate(cfg, calib, use_gpu=False)
     step = 0.1 + 0.001 * 8 * 32 * 32
     assert est.step_s == pytest.approx(step) and est.train_s == pytest.approx(100 * step)
     assert est.device_s == pytest.approx(2 * 100 * step)  # two workers, one device each
     prog = load_config("experiments/demo.yaml", [
-        f"data.train.hr_dir={tmp_path}", "ray.num_workers=2", "train.iterations=100",
+        *local, "ray.num_workers=2", "train.iterations=100",
         'data.train.progressive={"milestones": [40, 100], "lq_patches": [16, 32], "batch_sizes": [4, 2]}'])
     est = estimate(prog, calib, use_gpu=False)
     assert est.train_s == pytest.approx(40 * (0.1 + 0.001 * 4 * 256) + 60 * (0.1 + 0.001 * 2 * 1024))
