@@ -49,3 +49,11 @@ class OutputError(DckdError):
 
 class ResumeConfigError(ConfigError):
     """Resuming with a config that changes the training trajectory, without ``--allow-config-change``."""
+
+
+class ExportError(DckdError):
+    """A network cannot be written in a deployment format, or the written file does not reproduce it."""
+
+
+class InputContractError(DataError):
+    """An image breaks the input contract of an exported network (too small a side, wrong channels)."""
