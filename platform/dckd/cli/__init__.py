@@ -12,7 +12,7 @@ import sys
 
 from dckd.errors import DckdError
 
-SUBCOMMANDS = ("models", "score", "train", "eval", "bench", "demo", "tune", "reproduce", "data", "restore", "track")
+SUBCOMMANDS = ("models", "score", "train", "eval", "bench", "demo", "tune", "reproduce", "data", "restore", "export", "track", "efficiency")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from dckd.errors import CheckpointError, ConfigError, DataError
+from dckd.errors import ConfigError, DataError
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        description="Restore one image or a folder of images, tile by tile (any image size).")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", metavar="URI",
-                     help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID or a local model folder")
+                     help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID, a local model folder or an exported .onnx file")
     src.add_argument("--checkpoint", metavar="PATH", help="a dckd training checkpoint (checkpoints/iter_*.pt)")
     p.add_argument("input", help="an image file or a folder of images")
     p.add_argument("output", help="an image file (for one input file) or a folder (PNG files named as the inputs)")
@@ -30,30 +30,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--overwrite", action="store_true",
                    help="allow an output path that is one of the inputs (the input image is replaced)")
     p.set_defaults(func=run)
-
-
-def _from_checkpoint(path: str, weights: str):  # -> Restorer
-    """The student of a training checkpoint; only its architecture section of the stored config is
-    validated, so the training data folders it names need not exist where images are restored."""
-    from dckd.config import ModelSpec
-    from dckd.training.checkpoint import safe_load
-    from dckd.training.engine import build_network
-
-    state = safe_load(path)
-    if not isinstance(state, dict) or "config" not in state or weights not in state:
-        raise CheckpointError(f"{path}: not a dckd training checkpoint")
-    stored = state["config"]
-    try:
-        spec = ModelSpec.model_validate({**stored["student"], "checkpoint": None})
-        scale = int(stored.get("scale", 1))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}: the stored config has no usable student section: {exc}") from exc
-    model = build_network(spec, scale)
-    try:
-        model.load_state_dict(state[weights])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: {weights} weights do not fit the stored student: {exc}") from exc
-    return model
 
 
 def _jobs(src: Path, dst: Path) -> list[tuple[Path, Path]]:
@@ -96,12 +72,18 @@ def run(args: argparse.Namespace) -> int:
     refuse_overwriting_inputs(jobs, args.overwrite)
     if args.tile < 0 or args.overlap < 0 or (args.tile > 0 and 2 * args.overlap >= args.tile):
         raise ConfigError(f"--overlap must be less than half of --tile (got {args.overlap} and {args.tile})")
-    if args.model:
+    if args.model and args.model.lower().endswith(".onnx"):
+        from dckd.deploy.runtime import OnnxRestorer
+
+        model = OnnxRestorer(args.model, device="cpu" if args.device == "auto" else args.device)
+    elif args.model:
         from dckd.tracking import load_student
 
         model = load_student(args.model, tracking_uri=args.tracking_uri)
     else:
-        model = _from_checkpoint(args.checkpoint, args.weights)
+        from dckd.deploy.sources import from_checkpoint
+
+        model = from_checkpoint(args.checkpoint, args.weights)
     device = resolve_device(args.device)
     model.to(device).eval()
     for src, dst in jobs:

@@ -18,9 +18,12 @@ a fortieth of one 8-bit grey level), else the export fails and nothing is writte
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import os
+import re
 import tempfile
 import time
 import warnings
@@ -186,12 +189,29 @@ class ExportReport:
 
 
 # --------------------------------------------------------------------------- writing the formats
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _reason(exc: BaseException) -> str:
+    """The exporter's own first line and that of the innermost cause (which names the operator)."""
+    lines = []
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = _ANSI.sub("", str(exc)).strip()
+        first = text.splitlines()[0].strip().removesuffix("Next steps:").strip() if text else ""
+        lines.append(f"{type(exc).__name__}: {first}"[:240])
+        exc = exc.__cause__ or exc.__context__
+    return lines[0] if len(lines) == 1 else f"{lines[0]} (cause: {lines[-1]})"
+
+
 def _write_onnx(net: nn.Module, meta: ExportMeta, dst: Path) -> None:
     import onnx
     from torch.export import Dim
 
     dyn = {"x": {2: Dim.DYNAMIC, 3: Dim.DYNAMIC}}
-    with warnings.catch_warnings():
+    # The exporter prints its progress and, on failure, whole graphs: the user gets one line instead.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(net, (trace_input(meta),), dynamo=True, dynamic_shapes=dyn,
                                     input_names=["x"], output_names=["y"], external_data=False,
@@ -277,9 +297,8 @@ def export(model: nn.Module, out: str | Path, fmt: str = "onnx", image: np.ndarr
         try:
             (_write_onnx if fmt == "onnx" else _write_torchscript)(net, meta, tmp)
         except Exception as exc:  # the exporters raise many types; the user needs one line
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ExportError(f"{meta.backbone} ({meta.preset or 'custom'}) cannot be expressed as {fmt}: "
-                              f"{type(exc).__name__}: {first[:300]}") from exc
+                              f"{_reason(exc)}") from exc
         export_s = time.perf_counter() - t0
         checks = _verify(model.cpu().eval(), tmp, fmt, meta, image, tolerance)
         os.replace(tmp, out)
