@@ -666,7 +666,7 @@ def format_table(report: dict[str, Any]) -> str:
     s = report["settings"]
     flops = s.get("flops", True)
     header = ["Pair", "Runtime", "Input → output", "Params T / S", "GFLOPs T / S", "Teacher ms",
-              "Student ms", "Speed-up T/S", "Teacher peak MB", "Student peak MB"]
+              "Student ms", "Speed-up T/S", "Teacher peak MiB", "Student peak MiB"]
     if not flops:
         header.remove("GFLOPs T / S")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["--:"] * (len(header) - 3)) + "|"]
@@ -751,8 +751,13 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
             off = (2 * k + j - len(runtimes) + 0.5) * width
             xs, med, lo, hi, mem = [], [], [], [], []
             for i, p in enumerate(pairs):
-                r = next((r for r in p["runtimes"] if r["runtime"] == runtime and "error" not in r), None)
-                if r is None:
+                r = next((r for r in p["runtimes"] if r["runtime"] == runtime), None)
+                if r is None or "error" in r:
+                    if r is not None and j == 0:  # say so where the bars would be
+                        for ax in (ax_t, ax_m):
+                            ax.text(i + off + width / 2, 0.03, f"{runtime}: failed (see table)",
+                                    transform=ax.get_xaxis_transform(), rotation=90, ha="center",
+                                    va="bottom", fontsize=7, color=colors(k))
                     continue
                 lat = r[role]["latency_ms"]
                 xs.append(i + off)
@@ -771,6 +776,7 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
     labels = [p["title"] for p in pairs]
     for ax in (ax_t, ax_m):
         ax.set_xticks(range(len(pairs)), labels, fontsize=8)
+        ax.set_xlim(-0.5, len(pairs) - 0.5)
     ax_t.set_yscale("log")
     ax_t.set_ylabel("latency per image, ms (log)")
     ax_t.set_title("Latency (median, min–max); label: speed-up T/S", fontsize=9)
