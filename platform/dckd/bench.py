@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from dckd.procmem import reset_peak_rss, status_kb
+
 PAIRS: dict[str, tuple[str, str, int]] = {
     "swinir_x4": ("swinir_x4_teacher", "swinir_x4_student", 4),
     "rcan_x4": ("rcan_x4_teacher", "rcan_x4_student", 4),
@@ -69,21 +71,6 @@ def bench_config(case: BenchCase, data_dir: str):
                   "precision": case.precision, "channels_last": case.channels_last, "compile": case.compile},
     }
     return load_config(data=data)
-
-
-def _rss_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def matmul_flops_per_s(dtype_name: str, device: str, n: int | None = None, reps: int = 3,
@@ -147,8 +134,8 @@ class CaseRunner:
         self._sync()
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
-        self.base_kb = _rss_kb("VmRSS")
-        self.rss_ok = _reset_peak_rss()
+        self.base_kb = status_kb("VmRSS")
+        self.rss_ok = reset_peak_rss()
 
     def _sync(self) -> None:
         if self.cuda:
@@ -169,7 +156,7 @@ class CaseRunner:
         if self.cuda:
             peak = torch.cuda.max_memory_allocated() / 2**20
         else:
-            peak = max(0, _rss_kb("VmHWM") - self.base_kb) / 1024 if self.rss_ok else float("nan")
+            peak = max(0, status_kb("VmHWM") - self.base_kb) / 1024 if self.rss_ok else float("nan")
         vq = self.engine.vqgan
         return {"peak_mem_mb": peak, "device": str(self.engine.device), "threads": torch.get_num_threads(),
                 "precision": self.engine.precision.name, "precision_reason": self.engine.precision.reason,

@@ -50,6 +50,7 @@ from torch import nn
 
 from dckd.deploy.export import meta_of
 from dckd.errors import ConfigError
+from dckd.procmem import reset_peak_rss, status_kb
 
 Progress = Callable[[str], None]
 
@@ -195,16 +196,6 @@ class WorkerJob:
         return self.runtime.split("-")[1]
 
 
-def _status_kb(name: str) -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def _peak_rss_kb() -> int:
     """Peak resident set of this process's own address space, KiB.
 
@@ -212,20 +203,11 @@ def _peak_rss_kb() -> int:
     the parent's peak over the exec into the child's ``ru_maxrss`` (a child of a 900 MB parent
     reports 900 MB before it has loaded anything). ``ru_maxrss`` only where there is no /proc.
     """
-    hwm = _status_kb("VmHWM")
+    hwm = status_kb("VmHWM")
     if hwm:
         return hwm
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak // 1024 if sys.platform == "darwin" else peak
-
-
-def _reset_hwm() -> bool:
-    """Reset the resident high-water mark (Linux ``/proc/self/clear_refs``), so VmHWM counts from now."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def save_network(model: nn.Module, path: str | Path) -> Path:
@@ -276,8 +258,8 @@ class Runner:
             torch.cuda.reset_peak_memory_stats()
             self.loaded_cuda = torch.cuda.memory_allocated()
         self.load_peak_kb = _peak_rss_kb()
-        self.loaded_kb = _status_kb("VmRSS")
-        self.hwm_reset = _reset_hwm()
+        self.loaded_kb = status_kb("VmRSS")
+        self.hwm_reset = reset_peak_rss()
         for _ in range(job.warmup):
             self._call()
         self._sync()

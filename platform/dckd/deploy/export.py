@@ -77,9 +77,10 @@ def meta_of(model: nn.Module, fmt: str = "onnx") -> ExportMeta:
     spec = getattr(model, "spec", None)
     if spec is None:
         raise ExportError(f"{type(model).__name__}: only dckd Restorers export (their spec() rebuilds them)")
-    channels = int(model.spec()["args"].get("in_chans", model.spec()["args"].get("img_channel", 3)))
+    arch = spec()
+    channels = int(arch["args"].get("in_chans", arch["args"].get("img_channel", 3)))
     return ExportMeta(backbone=model.backbone, scale=int(model.scale), min_side=max(1, int(model.pad_multiple)),
-                      channels=channels, spec=model.spec(), preset=model.preset, format=fmt)
+                      channels=channels, spec=arch, preset=model.preset, format=fmt)
 
 
 def check_input(meta: ExportMeta, shape: tuple[int, ...], source: str = "input") -> None:

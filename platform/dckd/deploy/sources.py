@@ -28,11 +28,19 @@ class Resolved:
 def from_checkpoint(path: str | Path, weights: str = "ema"):  # -> Restorer
     """The student of a dckd training checkpoint; only its architecture section of the stored config
     is validated, so the training data folders it names need not exist where the student is used."""
-    from dckd.config import ModelSpec
     from dckd.training.checkpoint import safe_load
+
+    return _student_of(safe_load(path), path, weights)
+
+
+def _is_training_checkpoint(state: object) -> bool:
+    return isinstance(state, dict) and "config" in state and ("ema" in state or "student" in state)
+
+
+def _student_of(state: object, path: str | Path, weights: str):  # -> Restorer
+    from dckd.config import ModelSpec
     from dckd.training.engine import build_network
 
-    state = safe_load(path)
     if not isinstance(state, dict) or "config" not in state or weights not in state:
         raise CheckpointError(f"{path}: not a dckd training checkpoint (no config and {weights} weights)")
     stored = state["config"]
@@ -47,16 +55,6 @@ def from_checkpoint(path: str | Path, weights: str = "ema"):  # -> Restorer
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: {weights} weights do not fit the stored student: {exc}") from exc
     return model.eval()
-
-
-def _is_training_checkpoint(path: Path) -> bool:
-    from dckd.training.checkpoint import safe_load
-
-    try:
-        state = safe_load(path)
-    except CheckpointError:
-        return False
-    return isinstance(state, dict) and "config" in state and ("ema" in state or "student" in state)
 
 
 def resolve_source(source: str, preset: str | None = None, tracking_uri: str | None = None,
@@ -85,8 +83,14 @@ def resolve_source(source: str, preset: str | None = None, tracking_uri: str | N
             model = build_preset(preset)
             load_weights(model, path)
             return Resolved(model.eval(), "weights", f"{source} ({preset})")
-        if _is_training_checkpoint(path):
-            return Resolved(from_checkpoint(path, weights), "checkpoint", source)
+        from dckd.training.checkpoint import safe_load
+
+        try:
+            state = safe_load(path)  # read once: the check and the rebuild share it
+        except CheckpointError:
+            state = None
+        if _is_training_checkpoint(state):
+            return Resolved(_student_of(state, path, weights), "checkpoint", source)
         raise CheckpointError(f"{source}: not a dckd run checkpoint; a BasicSR-format weights file needs "
                               "--preset NAME to say which architecture it holds")
     if source in PRESETS:
