@@ -122,8 +122,8 @@ def test_tracked_run_on_server_with_s3_artifacts_restores_from_registry(
     # The artifacts went through the server into the bucket.
     keys = [o["Key"] for o in boto3.client("s3", endpoint_url=mlflow_s3_env["MLFLOW_S3_ENDPOINT_URL"])
             .list_objects_v2(Bucket=bucket, Prefix="mlflow/")["Contents"]]
-    for suffix in ("config.yaml", "student_weights/weights.pt", "extra_files/weights.pt",
-                   "extra_files/spec.json", "samples/iter_0000004_0.png", "checkpoints/iter_000000004.pt"):
+    for suffix in ("config.yaml", "student_weights/weights.pt", "artifacts/weights.pt", "artifacts/spec.json",
+                   "artifacts/model.onnx", "samples/iter_0000004_0.png", "checkpoints/iter_000000004.pt"):
         assert any(k.endswith(suffix) for k in keys), suffix
 
     ckpt = latest_checkpoint(tmp_path / "runs" / "tiny")

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from dckd.cli import main
@@ -50,13 +51,14 @@ def _lines(run_dir: Path) -> list[tuple[str, int, tuple[str, ...]]]:
     return [(r["kind"], r["iter"], tuple(sorted(r))) for r in rows]
 
 
-def _input_example(client, uri: str, model_id: str, dst: Path) -> str:
-    """The input example stored with a logged student."""
+def _logged_weights(client, uri: str, model_id: str, dst: Path) -> dict:
+    """The weights-only state dict a logged student (the serving pyfunc model) carries."""
     import mlflow
 
     location = client.get_logged_model(model_id).artifact_location
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/input_example.json",
-                                                    dst_path=str(dst), tracking_uri=uri)).read_text()
+    path = mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/artifacts/weights.pt",
+                                               dst_path=str(dst), tracking_uri=uri)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _ray_train(cfg_file: Path, uri: str, capsys: pytest.CaptureFixture) -> dict:
@@ -112,11 +114,12 @@ def test_local_and_ray_runs_leave_the_same_run_directory_and_mlflow_run(
     logged = [json.loads(Path(client.download_artifacts(r, "summary.json", str(tmp_path / f"s{i}"))).read_text())
               for i, r in enumerate(run_ids)]
     assert logged == summaries
-    # One worker draws rank 0's stream, as the local run does: the same training, the same input example.
+    # One worker draws rank 0's stream, as the local run does: the same training, the same logged student.
     assert summaries[0]["val"]["crops"] == pytest.approx(summaries[1]["val"]["crops"])
     assert sorted(v.run_id for v in client.search_model_versions("name = 'tiny-student'")) == sorted(run_ids)
-    examples = [_input_example(client, uri, student_of(client, r), tmp_path / f"m{i}") for i, r in enumerate(run_ids)]
-    assert examples[0] == examples[1] and examples[0]
+    weights = [_logged_weights(client, uri, student_of(client, r), tmp_path / f"m{i}") for i, r in enumerate(run_ids)]
+    assert weights[0].keys() == weights[1].keys() and weights[0]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
     # Run again: both runs had finished, so nothing trains, tests or registers again.
     again = train_local(local_cfg, progress=False)

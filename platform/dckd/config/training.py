@@ -106,6 +106,10 @@ class TrackingConfig(Strict):
     register_student: bool = Field(default=True, description="register the final student (sweeps: only the best)")
     register_as: str | None = Field(default=None, description="registered model name; default <name>-student")
     alias: str = "champion"
+    log_onnx: bool = Field(
+        default=True,
+        description="log the student's ONNX export (verified against PyTorch) with it; costs seconds per student",
+    )
 
     def registered_name(self, run_name: str) -> str | None:
         """The registry name for the final student, or None when it is only logged."""

@@ -481,7 +481,8 @@ class RunTracker:
             assert self._journal is not None
             seq, folder = self._journal.reserve()
             rel = self._stage(folder)
-            prepared = registry.prepare_student(model, input_example, folder)  # runs the network here
+            prepared = registry.prepare_student(model, input_example, folder,  # runs the network here
+                                                onnx=self.cfg.tracking.log_onnx)
             op = self._queue("student", {"path": rel, "register_as": None if register_as is None else scrub(register_as),
                                          "alias": alias}, seq=seq, memory={"prepared": prepared})
             # While the server answers, wait for the version; while it is away, end() does the waiting.
@@ -489,7 +490,7 @@ class RunTracker:
             return op.result
         with rng_untouched():
             model_id = registry.log_student(self.client, self.tracking_uri, self.run_id, self.experiment_id,
-                                            model, input_example)
+                                            model, input_example, onnx=self.cfg.tracking.log_onnx)
             if register_as is None:
                 return None
             return self.register_logged_model(model_id, self.run_id, register_as, alias)
