@@ -157,6 +157,22 @@ def test_report_structure_with_a_scripted_timer(tmp_path: Path) -> None:
     assert (tmp_path / "efficiency.png").stat().st_size > 1000
 
 
+def test_low_memory_reaches_the_workers_and_the_footnote(tmp_path: Path) -> None:
+    jobs: list[eff.WorkerJob] = []
+
+    def runner(job: eff.WorkerJob) -> FakeRunner:
+        jobs.append(job)
+        return FakeRunner(job)
+
+    settings = eff.EfficiencySettings(output_size=(32, 24), repeats=3, warmup=0, runtimes=("pytorch-cpu",),
+                                      onnx_low_memory=True)
+    pair = eff.PairSpec("tiny", "tiny RCAN", *TINY, "x4 SR")
+    report = eff.run_efficiency([pair], settings, out=tmp_path, progress=lambda _: None, make_runner=runner)
+    assert [j.low_memory for j in jobs] == [True, True]
+    assert "memory-pattern planning off (`--onnx-low-memory`)" in eff.format_table(report)
+    assert "--onnx-low-memory" not in eff.format_table(_fake_report(tmp_path / "default", []))
+
+
 def test_cuda_rows_and_footnote(tmp_path: Path) -> None:
     report = _fake_report(tmp_path, [])
     report["machine"]["cuda"] = False

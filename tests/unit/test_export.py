@@ -72,6 +72,17 @@ def test_an_input_below_the_contract_is_named(onnx_exports: dict) -> None:
     assert ort(torch.rand(2, 3, 8, 9)).shape == (2, 3, 32, 36)  # a batch runs image by image
 
 
+def test_a_low_memory_session_computes_the_same_pixels(onnx_exports: dict) -> None:
+    """Without the CPU arena and memory patterns ONNX Runtime only allocates differently."""
+    path = onnx_exports["restormer_tiny_student"][1].path
+    fast, low = OnnxRestorer(path), OnnxRestorer(path, low_memory=True)
+    opts = low.session.get_session_options()
+    assert not opts.enable_cpu_mem_arena and not opts.enable_mem_pattern
+    assert fast.session.get_session_options().enable_cpu_mem_arena
+    x = _photo()
+    assert torch.equal(low(x), fast(x)) and torch.equal(low(x), fast(x))  # a second call reuses no stale buffer
+
+
 def test_an_export_that_does_not_reproduce_pytorch_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match=r"differs from PyTorch by up to .* not written"):
         export(_model("rcan_tiny_x2_student"), tmp_path / "m.onnx", "onnx", tolerance=1e-12)

@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="intra-op threads for torch and ONNX Runtime (default: each library's own choice)")
     p.add_argument("--runtimes", default="auto",
                    help=f"comma-separated subset of {', '.join(RUNTIMES)}; auto (default): all this machine has")
+    p.add_argument("--onnx-low-memory", action="store_true",
+                   help="ONNX Runtime without its CPU memory arena and memory patterns (for teachers that do not fit)")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
     p.add_argument("--out", metavar="DIR", help="write efficiency.md, efficiency.json and efficiency.png here "
                    "(rewritten after every runtime, so a long run leaves its results so far)")
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = EfficiencySettings(output_size=parse_size(args.output_size), repeats=args.repeats,
                                       warmup=args.warmup, threads=args.threads, runtimes=runtimes,
-                                      flops=not args.no_flops)
+                                      flops=not args.no_flops, onnx_low_memory=args.onnx_low_memory)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first["loc"]) or "settings"

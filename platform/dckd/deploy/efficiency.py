@@ -91,6 +91,8 @@ class EfficiencySettings(BaseModel):
     threads: int | None = Field(None, ge=1, description="intra-op threads (torch and ONNX Runtime)")
     runtimes: tuple[str, ...] | None = Field(None, description="None: every runtime this machine has")
     flops: bool = True
+    onnx_low_memory: bool = Field(False, description="ONNX Runtime without its CPU memory arena and memory "
+                                                     "patterns (see OnnxRestorer): for teachers that do not fit")
 
     @field_validator("output_size")
     @classmethod
@@ -186,6 +188,7 @@ class WorkerJob:
     shape: tuple[int, int, int, int]
     warmup: int = 1
     threads: int | None = None
+    low_memory: bool = False
 
     @property
     def engine(self) -> str:
@@ -248,7 +251,7 @@ class Runner:
         elif job.engine == "onnxruntime":
             from dckd.deploy.runtime import OnnxRestorer
 
-            self.model = OnnxRestorer(job.path, device=job.device, threads=job.threads)
+            self.model = OnnxRestorer(job.path, device=job.device, threads=job.threads, low_memory=job.low_memory)
             self.x_np = self.x.numpy()
             self._call = self._onnx
         else:
@@ -297,6 +300,7 @@ class Runner:
         if self.job.engine == "onnxruntime":
             out["providers"] = self.model.session.get_providers()
             out["ort_threads"] = self.job.threads or "default"
+            out["ort_low_memory"] = self.job.low_memory
         if self.cuda:
             if self.job.engine == "pytorch":
                 peak = torch.cuda.max_memory_allocated()
@@ -551,7 +555,8 @@ def _measure_runtime(pair: PairSpec, runtime: str, nets: dict[str, Network], sha
     try:
         for role in ("student", "teacher"):  # one at a time: each loads and warms up alone
             progress(f"efficiency: {label}: loading the {role} ({settings.warmup} warm-up run(s))")
-            job = WorkerJob(runtime, str(nets[role].files[engine]), shape, settings.warmup, settings.threads)
+            job = WorkerJob(runtime, str(nets[role].files[engine]), shape, settings.warmup, settings.threads,
+                            settings.onnx_low_memory)
             runners[role] = make_runner(job)
         s_ms, t_ms = interleaved(runners["student"], runners["teacher"], settings.repeats, progress, label)
         for role, times in (("student", s_ms), ("teacher", t_ms)):
@@ -703,6 +708,9 @@ def format_table(report: dict[str, Any]) -> str:
         + (" CUDA: `torch.cuda.max_memory_allocated` (rise over the allocation after loading); n/a for ONNX "
            "Runtime on CUDA." if m.get("cuda") else ""),
     ]
+    if s.get("onnx_low_memory"):
+        foot.append("- ONNX Runtime ran with its CPU memory arena and memory-pattern planning off "
+                    "(`--onnx-low-memory`): lower peaks, each forward allocates afresh.")
     if not m.get("cuda"):
         foot.append("- No CUDA device here: the CUDA runtimes were not measured.")
     elif "onnxruntime-cuda" not in report["runtimes"]:
